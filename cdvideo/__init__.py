@@ -1,0 +1,30 @@
+"""cdvideo: personalized text-to-video. ClassDiffusion-style concepts, animated with AnimateDiff.
+
+    import cdvideo
+    cdvideo.train(cdvideo.TrainConfig(images=["photos/rex"], class_word="dog"))
+    cdvideo.animate(cdvideo.AnimateConfig(prompts=["a dog wearing headphones running"]))
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "train": "cdvideo.training",
+    "TrainConfig": "cdvideo.training",
+    "animate": "cdvideo.rendering",
+    "AnimateConfig": "cdvideo.rendering",
+    "demo": "cdvideo.demo",
+    "UserError": "cdvideo.errors",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    # Lazy: `cdvideo --help` should not pay for importing torch and diffusers.
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'cdvideo' has no attribute {name!r}")

@@ -1,0 +1,73 @@
+"""Training checkpoints: everything needed to continue a run exactly where it stopped."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+
+from cdvideo.errors import UserError
+
+FOLDER = "checkpoints"
+
+
+@dataclass
+class TrainState:
+    step: int
+    generator_state: torch.Tensor | None = None
+
+
+def save(out: Path, step: int, unet, token_row: torch.Tensor, optimizer, generator: torch.Generator) -> Path:
+    """Write checkpoints/step-N atomically (a folder renamed into place), then drop older ones."""
+    root = out / FOLDER
+    final = root / f"step-{step:06d}"
+    tmp = root / f".step-{step:06d}.tmp-{os.getpid()}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    lora = {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(unet).items()}
+    save_file(lora, tmp / "lora.safetensors")
+    save_file({"token_row": token_row.detach().contiguous().cpu()}, tmp / "token.safetensors")
+    torch.save(
+        {
+            "step": step,
+            "optimizer": optimizer.state_dict(),
+            "generator": generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        },
+        tmp / "state.pt",
+    )
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in sorted(root.glob("step-*"))[:-2]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest(out: Path) -> Path | None:
+    found = sorted(p for p in (out / FOLDER).glob("step-*") if re.fullmatch(r"step-\d+", p.name))
+    return found[-1] if found else None
+
+
+def resume(out: Path, which: str, unet, embeddings: torch.nn.Parameter, token_id: int, optimizer) -> TrainState:
+    """Load a checkpoint by path or 'latest'. A named checkpoint that is missing is an error."""
+    if which == "latest":
+        path = latest(out)
+        if path is None:
+            return TrainState(step=0)
+    else:
+        path = Path(which)
+        if not (path / "state.pt").exists():
+            raise UserError(f"checkpoint {path} not found; use --resume latest or a folder under {out / FOLDER}")
+    state = torch.load(path / "state.pt", weights_only=True)
+    set_peft_model_state_dict(unet, load_file(path / "lora.safetensors"))
+    with torch.no_grad():
+        embeddings[token_id] = load_file(path / "token.safetensors")["token_row"].to(embeddings.device)
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    return TrainState(step=int(state["step"]), generator_state=state["generator"])

@@ -1,0 +1,105 @@
+"""The concept folder: the contract between `cdvideo train` and `cdvideo animate`.
+
+    pytorch_lora_weights.safetensors   diffusers LoRA, its peft config in the file's metadata
+    learned_embeds.safetensors         {token: tensor[1, dim]}
+    cdvideo.json                       manifest, written last: its presence means "complete"
+
+A stock diffusers pipeline loads the first two with `load_lora_weights` and
+`load_textual_inversion`; cdvideo is not needed to use a concept.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from cdvideo.atomic import atomic_path, write_json_atomic
+from cdvideo.errors import UserError
+
+FORMAT_VERSION = 1
+MANIFEST = "cdvideo.json"
+LORA_FILE = "pytorch_lora_weights.safetensors"
+EMBEDS_FILE = "learned_embeds.safetensors"
+
+
+@dataclass
+class Concept:
+    token: str
+    class_word: str
+    base: str
+    rank: int
+    alpha: float
+    spl_weight: float
+    steps: int
+    seed: int
+    lora_targets: list[str]
+    drift: float | None = None  # final concept-class cosine (1.0 = no drift)
+    prior_weight: float = 0.0
+    metrics: dict = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+
+def save_concept(
+    folder: Path,
+    concept: Concept,
+    unet_lora_state: dict[str, torch.Tensor],
+    token_embedding: torch.Tensor,
+) -> None:
+    """Write the three files, each atomically; the manifest last so a killed run is never loadable."""
+    from diffusers import StableDiffusionPipeline
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MANIFEST).unlink(missing_ok=True)
+    # Exact module paths, not patterns: a pattern like "to_q" would also match the motion
+    # modules' attention once the LoRA is loaded into an AnimateDiff UNet.
+    modules = sorted({key.rsplit(".lora_", 1)[0] for key in unet_lora_state})
+    metadata = {"r": concept.rank, "lora_alpha": concept.alpha, "target_modules": modules}
+    with atomic_path(folder / LORA_FILE) as tmp:
+        StableDiffusionPipeline.save_lora_weights(
+            tmp.parent,
+            unet_lora_layers=unet_lora_state,
+            weight_name=tmp.name,
+            unet_lora_adapter_metadata=metadata,
+        )
+    with atomic_path(folder / EMBEDS_FILE) as tmp:
+        save_file({concept.token: token_embedding.detach().float().cpu().reshape(1, -1).contiguous()}, tmp)
+    write_json_atomic(folder / MANIFEST, asdict(concept))
+
+
+def load_concept(folder: Path | str) -> Concept:
+    folder = Path(folder)
+    manifest = folder / MANIFEST
+    if not manifest.exists():
+        if folder.exists():
+            raise UserError(f"{folder} is not a finished concept (no {MANIFEST}); train it again or resume")
+        raise UserError(f"concept folder {folder} does not exist; train one with `cdvideo train` first")
+    try:
+        data = json.loads(manifest.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{manifest} is not valid JSON ({err.msg}); the concept is damaged") from err
+    version = data.get("format_version")
+    if version != FORMAT_VERSION:
+        raise UserError(
+            f"{manifest} has format version {version!r}; this cdvideo reads version {FORMAT_VERSION}: upgrade cdvideo"
+        )
+    for name in (LORA_FILE, EMBEDS_FILE):
+        if not (folder / name).exists():
+            raise UserError(f"concept {folder} is missing {name}; train it again")
+    known = set(Concept.__dataclass_fields__)
+    return Concept(**{k: v for k, v in data.items() if k in known})
+
+
+def apply_concept(pipe, folder: Path | str, concept: Concept, scale: float = 1.0, fuse: bool = True) -> None:
+    """Load a concept into any SD1.5-family diffusers pipeline with the stock loaders."""
+    folder = Path(folder)
+    pipe.load_lora_weights(str(folder), weight_name=LORA_FILE, adapter_name="concept")
+    pipe.load_textual_inversion(str(folder / EMBEDS_FILE), token=concept.token)
+    if fuse:
+        # Fused weights cost nothing per step at render time.
+        pipe.fuse_lora(lora_scale=scale, adapter_names=["concept"])
+    elif scale != 1.0:
+        pipe.set_adapters(["concept"], adapter_weights=[scale])

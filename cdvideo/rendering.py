@@ -1,0 +1,163 @@
+"""`cdvideo animate`: a personalized AnimateDiff render, written as mp4 + gif + settings JSON."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from diffusers import DDIMScheduler
+
+from cdvideo import concept as concepts
+from cdvideo import export, loading, presets
+from cdvideo.atomic import ensure_writable_dir, write_json_atomic
+from cdvideo.errors import UserError
+from cdvideo.prompts import bind_prompt, token_count_warning
+
+DEFAULT_CONCEPT = "cdvideo-concept"
+
+
+@dataclass
+class AnimateConfig:
+    prompts: list[str]
+    concept: str | None = None  # None: ./cdvideo-concept when it exists
+    use_concept: bool = True
+    base: str | None = None  # None: the concept's base, else SD1.5
+    motion_adapter: str | None = None
+    negative_prompt: str | None = None
+    frames: int | None = None
+    width: int | None = None
+    height: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    seeds: list[int] = field(default_factory=lambda: [0])
+    fps: int | None = None
+    output: str = "cdvideo-out"
+    lora_scale: float = 1.0
+    decode_chunk_size: int = 16
+    precision: str | None = None
+    device: str | None = None
+    base_config: str | None = None
+
+
+@dataclass
+class Video:
+    prompt: str
+    rendered_prompt: str
+    seed: int
+    files: dict[str, Path]
+    frames: object  # (F, H, W, 3) float array in [0, 1]
+    seconds: float
+
+
+def _find_concept(cfg: AnimateConfig, say) -> tuple[Path, concepts.Concept] | None:
+    if not cfg.use_concept:
+        return None
+    if cfg.concept is None:
+        if not (Path(DEFAULT_CONCEPT) / concepts.MANIFEST).exists():
+            return None
+        say(f"using concept ./{DEFAULT_CONCEPT} (pass --concept PATH for another, --no-concept for none)")
+        folder = Path(DEFAULT_CONCEPT)
+    else:
+        folder = Path(cfg.concept)
+    return folder, concepts.load_concept(folder)
+
+
+def resolve(cfg: AnimateConfig, concept: concepts.Concept | None) -> AnimateConfig:
+    """Fill unset settings from the concept's base model and that family's preset."""
+    base = cfg.base or (concept.base if concept else presets.SD15_BASE)
+    if concept and loading.base_identity(base) != concept.base:
+        raise UserError(
+            f"concept was trained on base '{concept.base}', not '{base}'; pass --base {concept.base} or --no-concept"
+        )
+    preset = presets.preset_for(base)
+    values = dict(cfg.__dict__)
+    values["base"] = base
+    for name, default in (
+        ("motion_adapter", preset.motion_adapter),
+        ("negative_prompt", preset.negative_prompt),
+        ("frames", preset.frames),
+        ("width", preset.resolution),
+        ("height", preset.resolution),
+        ("steps", preset.steps),
+        ("guidance", preset.guidance),
+        ("fps", preset.fps),
+    ):
+        if values[name] is None:
+            values[name] = default
+    return AnimateConfig(**values)
+
+
+def validate(cfg: AnimateConfig) -> None:
+    if not cfg.prompts or not all(p.strip() for p in cfg.prompts):
+        raise UserError("give at least one non-empty prompt")
+    if cfg.width % 8 or cfg.height % 8:
+        raise UserError(f"--width and --height must be multiples of 8 (got {cfg.width}x{cfg.height})")
+    if cfg.steps <= 0 or cfg.frames <= 0 or cfg.fps <= 0:
+        raise UserError("--steps, --frames and --fps must be positive")
+
+
+def build_pipeline(cfg: AnimateConfig, device: torch.device, dtype: torch.dtype):
+    """Base model + motion adapter as one AnimateDiffPipeline with the family's sampler."""
+    image = loading.load_image_pipeline(cfg.base, dtype, config=cfg.base_config).pipe
+    adapter = loading.load_motion_adapter(cfg.motion_adapter, dtype)
+    limit = adapter.config.motion_max_seq_length
+    if cfg.frames > limit:
+        raise UserError(f"--frames {cfg.frames} is more than the motion adapter's {limit}; use --frames {limit} or fewer")
+    pipe = loading.video_pipeline(image, adapter)
+    overrides = presets.preset_for(cfg.base).scheduler
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, **overrides)
+    return pipe.to(device)
+
+
+def animate(cfg: AnimateConfig, say: Callable[[str], None] = print, progress: bool = True) -> list[Video]:
+    """Render every prompt x seed; returns the videos with the paths written."""
+    found = _find_concept(cfg, say)
+    folder, concept = found if found else (None, None)
+    cfg = resolve(cfg, concept)
+    validate(cfg)
+    device = loading.pick_device(cfg.device)
+    dtype = loading.pick_dtype(device, cfg.precision)
+    out = ensure_writable_dir(Path(cfg.output))
+    pipe = build_pipeline(cfg, device, dtype)
+    pipe.set_progress_bar_config(disable=not progress, leave=False)
+    if concept:
+        concepts.apply_concept(pipe, folder, concept, scale=cfg.lora_scale)
+        say(f"concept {concept.token} ({concept.class_word}) from {folder}")
+    scheduler_settings = {"class": type(pipe.scheduler).__name__,
+                          **{k: v for k, v in pipe.scheduler.config.items() if not k.startswith("_")}}
+    videos = []
+    for prompt in cfg.prompts:
+        rendered = prompt
+        if concept:
+            rendered, warning = bind_prompt(prompt, concept.token, concept.class_word)
+            if warning:
+                say(f"warning: {warning}")
+            if rendered != prompt:
+                say(f"prompt: {rendered}")
+        warning = token_count_warning(pipe.tokenizer, rendered)
+        if warning:
+            say(f"warning: {warning}")
+        for seed in cfg.seeds:
+            start = time.time()
+            generator = torch.Generator("cpu").manual_seed(seed)
+            result = pipe(
+                rendered, negative_prompt=cfg.negative_prompt or None, num_frames=cfg.frames, height=cfg.height,
+                width=cfg.width, num_inference_steps=cfg.steps, guidance_scale=cfg.guidance, generator=generator,
+                output_type="np", decode_chunk_size=cfg.decode_chunk_size,
+            )
+            frames = result.frames[0]
+            stem = export.video_stem(prompt, seed)
+            files = export.write_video(frames, out, stem, fps=cfg.fps)
+            settings = {**asdict(cfg), "prompt": prompt, "rendered_prompt": rendered, "seed": seed,
+                        "concept": str(folder) if folder else None, "concept_token": concept.token if concept else None,
+                        "scheduler": scheduler_settings}
+            settings.pop("prompts")
+            settings.pop("seeds")
+            files["json"] = out / f"{stem}.json"
+            write_json_atomic(files["json"], settings)
+            videos.append(Video(prompt, rendered, seed, files, frames, time.time() - start))
+            say(f"wrote {files['mp4']} and {files['gif']}")
+    return videos

@@ -1,0 +1,289 @@
+"""`cdvideo train`: a new token + UNet LoRA, with ClassDiffusion's semantic preservation loss.
+
+Per step: noise-prediction MSE on the subject photos (+ prior loss on class images when
+enabled) + spl_weight * SPL, where SPL = 1 - cos(e("a photo of a <tok> dog"), e("a photo of a
+dog")) at the EOS position. Trainable: LoRA on the UNet and the token's embedding row only.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+from tqdm.auto import tqdm
+
+from cdvideo import checkpoints, data, loading, presets
+from cdvideo.atomic import ensure_writable_dir, write_text_atomic
+from cdvideo.concept import Concept, save_concept
+from cdvideo.errors import UserError
+from cdvideo.loss import at_eos, concept_class_cosine, eos_features, semantic_preservation_loss
+from cdvideo.prompts import add_token
+
+LOG_EVERY = 10
+
+
+@dataclass
+class TrainConfig:
+    images: list[str]
+    class_word: str
+    base: str = presets.SD15_BASE
+    output: str = "cdvideo-concept"
+    token: str = "<new1>"
+    steps: int | None = None
+    resolution: int | None = None
+    rank: int | None = None
+    alpha: float | None = None
+    lora_lr: float | None = None
+    token_lr: float | None = None
+    batch_size: int | None = None
+    spl_weight: float = 1.0
+    flip: bool = True
+    seed: int = 0
+    prior_weight: float = 0.0  # > 0 enables prior preservation
+    class_images: str | None = None
+    num_class_images: int = 50
+    checkpoint_every: int = 0
+    resume: str | None = None
+    device: str | None = None
+    base_config: str | None = None  # local diffusers config folder for single-file checkpoints
+    extra: dict = field(default_factory=dict)
+
+    def resolved(self) -> TrainConfig:
+        """Fill unset fields from the base model family's preset."""
+        preset = presets.preset_for(self.base)
+        values = dict(self.__dict__)
+        for name, default in (
+            ("steps", preset.train_steps),
+            ("resolution", preset.resolution),
+            ("rank", preset.rank),
+            ("lora_lr", preset.lora_lr),
+            ("token_lr", preset.token_lr),
+            ("batch_size", preset.batch_size),
+        ):
+            if values[name] is None:
+                values[name] = default
+        if values["alpha"] is None:
+            values["alpha"] = float(values["rank"])
+        return TrainConfig(**values)
+
+
+def validate(cfg: TrainConfig) -> None:
+    if cfg.steps <= 0:
+        raise UserError(f"--steps must be positive (got {cfg.steps})")
+    if cfg.resolution % 8:
+        raise UserError(f"--resolution must be a multiple of 8 (got {cfg.resolution})")
+    if cfg.rank <= 0 or cfg.batch_size <= 0:
+        raise UserError("--rank and --batch-size must be positive")
+    if cfg.spl_weight < 0 or cfg.prior_weight < 0:
+        raise UserError("--spl-weight and --prior-weight must be >= 0")
+    if not cfg.class_word.strip():
+        raise UserError("--class-word is empty; give the subject's class, such as dog")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _tokenize(tokenizer, prompts: list[str], device) -> torch.Tensor:
+    return tokenizer(
+        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids.to(device)
+
+
+@torch.no_grad()
+def _latent_distribution(vae, pixels: torch.Tensor, chunk: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """VAE posterior mean and std of each photo, computed once: the photos never change."""
+    means, stds = [], []
+    for part in pixels.split(chunk):
+        dist = vae.encode(part.to(vae.device, vae.dtype)).latent_dist
+        means.append(dist.mean.float())
+        stds.append(dist.std.float())
+    return torch.cat(means), torch.cat(stds)
+
+
+def _diffusion_target(scheduler, latents, noise, timesteps) -> torch.Tensor:
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    raise UserError(f"base model's scheduler predicts {kind!r}; cdvideo trains epsilon or v_prediction models")
+
+
+def _generate_class_images(
+    pipe, class_word: str, count: int, resolution: int, steps: int, folder: Path, seed: int, say
+) -> None:
+    """Prior-preservation images from the base model itself, as DreamBooth does."""
+    from cdvideo.atomic import atomic_path
+
+    folder.mkdir(parents=True, exist_ok=True)
+    have = len(list(folder.glob("*.png")))
+    if have >= count:
+        return
+    say(f"generating {count - have} class images of '{class_word}' into {folder}")
+    generator = torch.Generator(pipe.device).manual_seed(seed)
+    for i in tqdm(range(have, count), desc="class images", leave=False):
+        image = pipe(f"a photo of a {class_word}", height=resolution, width=resolution,
+                     num_inference_steps=steps, generator=generator).images[0]
+        with atomic_path(folder / f"class-{i:04d}.png") as tmp:
+            image.save(tmp)
+
+
+def train(
+    cfg: TrainConfig,
+    say: Callable[[str], None] = print,
+    progress: bool = True,
+    after_backward: Callable[[dict], None] | None = None,
+) -> Path:
+    """Train a concept and write its folder; returns the folder.
+
+    `after_backward`, if given, sees the models after each backward pass (tests check there
+    that gradients reach only the LoRA and the token row).
+    """
+    cfg = cfg.resolved()
+    validate(cfg)
+    device = loading.pick_device(cfg.device)
+    out = ensure_writable_dir(Path(cfg.output))
+    photos = data.load_photos(cfg.images, cfg.resolution)
+    for path, reason in photos.skipped:
+        say(f"skipped {path}: {reason}")
+    for note in photos.notes:
+        say(f"note: {note}")
+    say(f"training '{cfg.token} {cfg.class_word}' on {len(photos.images)} photos, base {cfg.base}, {cfg.steps} steps")
+
+    seed_everything(cfg.seed)
+    loaded = loading.load_image_pipeline(cfg.base, torch.float32, config=cfg.base_config)
+    pipe = loaded.pipe.to(device)
+    tokenizer, text_encoder, vae, unet = pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+
+    class_pixels = None
+    if cfg.prior_weight > 0:
+        class_dir = Path(cfg.class_images) if cfg.class_images else out / "class-images"
+        if not cfg.class_images:
+            _generate_class_images(pipe, cfg.class_word, cfg.num_class_images, cfg.resolution,
+                                   presets.preset_for(cfg.base).steps, class_dir, cfg.seed, say)
+        class_set = data.load_photos([class_dir], cfg.resolution, max_photos=10_000)
+        class_pixels = data.photos_to_tensor(class_set.images, flip=False)
+
+    token_id, notes = add_token(tokenizer, text_encoder, cfg.token, cfg.class_word)
+    for note in notes:
+        say(f"note: {note}")
+
+    # Everything frozen but the LoRA and one embedding row.
+    for module in (vae, text_encoder, unet):
+        module.requires_grad_(False)
+    unet.add_adapter(
+        LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian",
+                   target_modules=list(presets.preset_for(cfg.base).lora_targets))
+    )
+    lora_params = [p for p in unet.parameters() if p.requires_grad]
+    embeddings = text_encoder.get_input_embeddings().weight
+    embeddings.requires_grad_(True)
+    row_mask = torch.zeros(len(embeddings), 1, device=device)
+    row_mask[token_id] = 1.0
+    embeddings.register_hook(lambda grad: grad * row_mask)
+    # Zero decay on the embedding group: AdamW's decay would move the masked rows too.
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": lora_params, "lr": cfg.lora_lr, "weight_decay": 1e-2},
+            {"params": [embeddings], "lr": cfg.token_lr, "weight_decay": 0.0},
+        ]
+    )
+    original_rows = embeddings.detach().clone()
+
+    # Precompute what never changes: photo latents (with flips) and the class phrase's features.
+    instance_mean, instance_std = _latent_distribution(vae, data.photos_to_tensor(photos.images, flip=cfg.flip))
+    class_latents = _latent_distribution(vae, class_pixels) if class_pixels is not None else None
+    eos_id = tokenizer.eos_token_id
+    concept_ids = _tokenize(tokenizer, [f"a photo of a {cfg.token} {cfg.class_word}"], device)
+    class_ids = _tokenize(tokenizer, [f"a photo of a {cfg.class_word}"], device)
+    with torch.no_grad():
+        class_features = eos_features(text_encoder, class_ids, eos_id)
+        class_hidden = text_encoder(class_ids)[0]
+
+    state = checkpoints.TrainState(step=0)
+    if cfg.resume:
+        state = checkpoints.resume(out, cfg.resume, unet, embeddings, token_id, optimizer)
+        say(f"resumed from step {state.step}")
+    generator = torch.Generator(device).manual_seed(cfg.seed)
+    if state.generator_state is not None:
+        generator.set_state(state.generator_state)
+
+    metrics_path = out / "metrics.jsonl"
+    bar = tqdm(total=cfg.steps, initial=state.step, desc="train", disable=not progress)
+    history: list[dict] = []
+    for step in range(state.step, cfg.steps):
+        picks = torch.randint(len(instance_mean), (cfg.batch_size,), generator=generator, device=device)
+        latents = instance_mean[picks] + instance_std[picks] * torch.randn(
+            instance_mean[picks].shape, generator=generator, device=device)
+        latents = latents * vae.config.scaling_factor
+        # The concept phrase is the same for every item: encode it once, share it across the batch.
+        concept_hidden = text_encoder(concept_ids)[0]
+        concept_features = at_eos(concept_hidden, concept_ids, eos_id)
+        hidden = concept_hidden.expand(cfg.batch_size, -1, -1)
+        if class_latents is not None:
+            picks_c = torch.randint(len(class_latents[0]), (cfg.batch_size,), generator=generator, device=device)
+            prior = class_latents[0][picks_c] + class_latents[1][picks_c] * torch.randn(
+                class_latents[0][picks_c].shape, generator=generator, device=device)
+            latents = torch.cat([latents, prior * vae.config.scaling_factor])
+            hidden = torch.cat([hidden, class_hidden.expand(cfg.batch_size, -1, -1)])
+        noise = torch.randn(latents.shape, generator=generator, device=device)
+        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),),
+                                  generator=generator, device=device)
+        noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+        prediction = unet(noisy, timesteps, hidden).sample
+        target = _diffusion_target(noise_scheduler, latents, noise, timesteps)
+        errors = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        mse = errors[: cfg.batch_size].mean()
+        prior_loss = errors[cfg.batch_size:].mean() if class_latents is not None else torch.zeros((), device=device)
+        spl = semantic_preservation_loss(concept_features, class_features)
+        loss = mse + cfg.prior_weight * prior_loss + cfg.spl_weight * spl
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if after_backward:
+            after_backward({"unet": unet, "text_encoder": text_encoder, "vae": vae, "token_id": token_id})
+        optimizer.step()
+        if not torch.isfinite(loss):
+            raise UserError(f"loss became {loss.item()} at step {step + 1}; lower the learning rates "
+                            "(the last checkpoint, if any, is intact)")
+        bar.update(1)
+        if (step + 1) % LOG_EVERY == 0 or step + 1 == cfg.steps or step == 0:
+            drift = concept_class_cosine(concept_features, class_features).mean().item()
+            record = {"step": step + 1, "mse": round(mse.item(), 6), "spl": round(spl.item(), 6),
+                      "prior": round(prior_loss.item(), 6), "cosine": round(drift, 6)}
+            history.append(record)
+            bar.set_postfix(mse=f"{record['mse']:.4f}", spl=f"{record['spl']:.4f}", cos=f"{drift:.3f}")
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+            checkpoints.save(out, step + 1, unet, embeddings[token_id], optimizer, generator)
+    bar.close()
+
+    moved = (embeddings.detach() - original_rows).abs().sum(dim=1).nonzero().flatten().tolist()
+    if any(i != token_id for i in moved):
+        raise RuntimeError(f"embedding rows other than the token moved: {moved[:5]}")
+    with torch.no_grad():
+        final_cosine = concept_class_cosine(eos_features(text_encoder, concept_ids, eos_id), class_features).item()
+    concept = Concept(
+        token=cfg.token, class_word=cfg.class_word, base=loading.base_identity(cfg.base), rank=cfg.rank,
+        alpha=cfg.alpha, spl_weight=cfg.spl_weight, steps=cfg.steps, seed=cfg.seed,
+        lora_targets=list(presets.preset_for(cfg.base).lora_targets), drift=round(final_cosine, 6),
+        prior_weight=cfg.prior_weight, metrics=history[-1] if history else {},
+    )
+    lora_state = get_peft_model_state_dict(unet)
+    save_concept(out, concept, lora_state, embeddings[token_id])
+    write_text_atomic(out / "train_config.json", json.dumps({k: v for k, v in cfg.__dict__.items()}, indent=2) + "\n")
+    say(f"wrote concept to {out} (token {cfg.token}, concept-class cosine {final_cosine:.3f})")
+    return out

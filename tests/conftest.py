@@ -1,0 +1,86 @@
+"""Tiny SD-1.5-shaped models built from configs (no network), saved as local diffusers folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+WORDS = ["dog", "cat", "wearing", "headphones", "running", "photo", "of", "a", "on", "the", "beach"]
+
+
+def build_tiny_base(folder: Path) -> Path:
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from cdvideo.shapes.models import build_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer(extra_words=WORDS)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, max_position_embeddings=77, projection_dim=32,
+            bos_token_id=0, eos_token_id=2, pad_token_id=1,  # SD1.5's (wrong) ids: the pooling trap
+        )
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(16, 16, 32, 32), down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, norm_num_groups=8, layers_per_block=1,
+        sample_size=64,
+    )
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=4, norm_num_groups=16,
+    )
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def build_tiny_adapter(folder: Path) -> Path:
+    from diffusers import MotionAdapter
+
+    torch.manual_seed(1)
+    adapter = MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=1, motion_num_attention_heads=2,
+                            motion_norm_num_groups=16, motion_max_seq_length=16, use_motion_mid_block=False)
+    adapter.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> Path:
+    return build_tiny_base(tmp_path_factory.mktemp("models") / "tiny-sd")
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter(tmp_path_factory) -> Path:
+    return build_tiny_adapter(tmp_path_factory.mktemp("models") / "tiny-motion")
+
+
+@pytest.fixture(scope="session")
+def dog_photos(tmp_path_factory) -> Path:
+    """Five photos of one 'subject': an orange blob with a dark ear, at varied places."""
+    folder = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        image = np.full((80, 80, 3), 235, np.uint8)
+        x, y = rng.integers(20, 50, size=2)
+        image[y - 12 : y + 12, x - 15 : x + 15] = (220, 120, 40)
+        image[y - 16 : y - 10, x - 15 : x - 8] = (60, 40, 20)
+        Image.fromarray(image).save(folder / f"rex-{i}.jpg")
+    (folder / ".DS_Store").write_bytes(b"\x00\x01junk")
+    return folder

@@ -1,0 +1,223 @@
+"""The main flow on tiny SD-1.5-shaped models: train -> concept folder -> animate, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import cdvideo
+from cdvideo import concept as concepts
+from cdvideo.cli import main as cli_main
+from cdvideo.export import read_video, video_info
+from cdvideo.loss import eos_features, eos_positions
+from cdvideo.prompts import bind_prompt
+
+
+def train_tiny(base: Path, photos: Path, out: Path, **overrides) -> Path:
+    values = {"images": [str(photos)], "class_word": "dog", "base": str(base), "output": str(out),
+              "steps": 6, "resolution": 64, "batch_size": 2, "seed": 0, **overrides}
+    return cdvideo.train(cdvideo.TrainConfig(**values), say=lambda s: None, progress=False)
+
+
+def metrics(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def concept_dir(tiny_base, dog_photos, tmp_path_factory) -> Path:
+    return train_tiny(tiny_base, dog_photos, tmp_path_factory.mktemp("c") / "concept", rank=4, alpha=8.0)
+
+
+def test_pooling_trap_eos_features_use_the_real_eos(tiny_base):
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(tiny_base, subfolder="tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(tiny_base, subfolder="text_encoder")
+    assert text_encoder.config.eos_token_id == 2  # as in SD1.5's config
+    tokenizer.add_tokens(["<new1>"])
+    text_encoder.resize_token_embeddings(len(tokenizer))
+    ids = tokenizer(["a photo of a <new1> dog", "a photo of a dog"], padding="max_length", max_length=77,
+                    return_tensors="pt").input_ids
+    added = tokenizer.convert_tokens_to_ids("<new1>")
+    eos = eos_positions(ids, tokenizer.eos_token_id)
+    assert ids[0, eos[0]] == tokenizer.eos_token_id and ids[0, eos[0] - 1] != tokenizer.eos_token_id
+    assert eos[0] == (ids[0] == added).nonzero().item() + 2  # "<new1> dog </s>"
+    with torch.no_grad():
+        out = text_encoder(ids)
+        ours = eos_features(text_encoder, ids, tokenizer.eos_token_id)
+    assert torch.allclose(ours, out.last_hidden_state[torch.arange(2), eos])
+    # transformers pools at argmax(input_ids) here: the added token, not the EOS.
+    assert ids[0].argmax() == (ids[0] == added).nonzero().item()
+    assert not torch.allclose(out.pooler_output[0], ours[0])
+
+
+def test_gradients_reach_only_lora_and_the_token_row(tiny_base, dog_photos, tmp_path):
+    seen = []
+
+    def check(models):
+        token_id = models["token_id"]
+        for name, module in (("unet", models["unet"]), ("text_encoder", models["text_encoder"]),
+                             ("vae", models["vae"])):
+            for pname, param in module.named_parameters():
+                if param.grad is None:
+                    continue
+                if name == "unet":
+                    assert "lora_" in pname, pname
+                else:
+                    assert name == "text_encoder" and pname.endswith("token_embedding.weight"), pname
+                    nonzero_rows = param.grad.abs().sum(dim=1).nonzero().flatten().tolist()
+                    assert nonzero_rows == [token_id]
+        lora_grads = [p.grad for n, p in models["unet"].named_parameters() if "lora_" in n and p.grad is not None]
+        assert lora_grads and any(g.abs().sum() > 0 for g in lora_grads)
+        seen.append(True)
+
+    cdvideo.train(
+        cdvideo.TrainConfig(images=[str(dog_photos)], class_word="dog", base=str(tiny_base),
+                            output=str(tmp_path / "c"), steps=2, resolution=64, batch_size=2),
+        say=lambda s: None, progress=False, after_backward=check,
+    )
+    assert len(seen) == 2
+
+
+def test_spl_keeps_the_concept_near_its_class_and_plain_training_drifts(tiny_base, dog_photos, tmp_path):
+    fast = {"steps": 30, "token_lr": 0.05}
+    plain = train_tiny(tiny_base, dog_photos, tmp_path / "plain", spl_weight=0.0, **fast)
+    spl = train_tiny(tiny_base, dog_photos, tmp_path / "spl", spl_weight=10.0, **fast)
+    plain_m, spl_m = metrics(plain), metrics(spl)
+    # Without SPL the token drifts away from the class; with it, SPL falls back toward zero.
+    assert plain_m[-1]["cosine"] < plain_m[0]["cosine"] - 0.01
+    assert spl_m[-1]["spl"] < max(m["spl"] for m in spl_m)
+    assert concepts.load_concept(spl).drift > concepts.load_concept(plain).drift + 0.01
+
+
+def test_concept_folder_contract(concept_dir, tiny_base):
+    from safetensors import safe_open
+
+    manifest = json.loads((concept_dir / "cdvideo.json").read_text())
+    for key in ("format_version", "token", "class_word", "base", "rank", "alpha", "spl_weight", "steps", "seed",
+                "drift"):
+        assert key in manifest
+    assert manifest["base"] == str(tiny_base.resolve()) and manifest["rank"] == 4 and manifest["alpha"] == 8.0
+    with safe_open(concept_dir / "pytorch_lora_weights.safetensors", "pt") as f:
+        keys = list(f.keys())
+        meta = json.loads(f.metadata()["lora_adapter_metadata"])
+    assert keys and all(k.startswith("unet.") for k in keys)
+    assert meta["unet.r"] == 4 and meta["unet.lora_alpha"] == 8.0
+    with safe_open(concept_dir / "learned_embeds.safetensors", "pt") as f:
+        assert list(f.keys()) == ["<new1>"] and f.get_tensor("<new1>").shape == (1, 32)
+    assert len(metrics(concept_dir)) >= 2
+
+
+def test_stock_diffusers_loads_the_concept_without_cdvideo(concept_dir, tiny_base, tiny_adapter):
+    script = textwrap.dedent(f"""
+        import sys, torch
+        from diffusers import AnimateDiffPipeline, MotionAdapter
+        adapter = MotionAdapter.from_pretrained({str(tiny_adapter)!r})
+        pipe = AnimateDiffPipeline.from_pretrained({str(tiny_base)!r}, motion_adapter=adapter)
+        pipe.load_lora_weights({str(concept_dir)!r}, adapter_name="rex")
+        pipe.load_textual_inversion({str(concept_dir / "learned_embeds.safetensors")!r}, token="<new1>")
+        config = pipe.unet.peft_config["rex"]
+        assert config.r == 4 and config.lora_alpha == 8.0, (config.r, config.lora_alpha)
+        assert not any("motion_modules" in n and "lora_" in n for n, _ in pipe.unet.named_parameters())
+        out = pipe("a photo of a <new1> dog", num_frames=4, height=64, width=64, num_inference_steps=2,
+                   output_type="np").frames
+        assert out.shape == (1, 4, 64, 64, 3), out.shape
+        assert "cdvideo" not in sys.modules
+        print("OK")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    code = cli_main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_animate_with_and_without_concept_writes_decodable_videos(concept_dir, tiny_base, tiny_adapter, tmp_path,
+                                                                   capsys):
+    common = ["--motion-adapter", str(tiny_adapter), "--frames", "8", "--width", "64", "--height", "64",
+              "--steps", "2", "--seed", "3", "--fps", "8"]
+    code, out, err = run_cli(["animate", "a dog wearing headphones running", "--concept", str(concept_dir),
+                              "--output", str(tmp_path / "with"), *common], capsys)
+    assert code == 0, err
+    assert "a <new1> dog wearing headphones running" in out
+    code, out, err = run_cli(["animate", "a dog wearing headphones running", "--no-concept", "--base",
+                              str(tiny_base), "--output", str(tmp_path / "without"), *common], capsys)
+    assert code == 0, err
+    stem = "a-dog-wearing-headphones-running-3"
+    with_mp4, without_mp4 = tmp_path / "with" / f"{stem}.mp4", tmp_path / "without" / f"{stem}.mp4"
+    for path in (with_mp4, without_mp4, tmp_path / "with" / f"{stem}.gif"):
+        info = video_info(path)
+        assert (info["frames"], info["width"], info["height"]) == (8, 64, 64)
+        assert abs(info["fps"] - 8) < 0.1
+    import decord
+    import imageio.v3 as iio
+
+    assert len(decord.VideoReader(str(with_mp4))) == 8
+    assert iio.imread(with_mp4, index=None).shape[0] == 8
+    a, b = read_video(with_mp4).astype(float), read_video(without_mp4).astype(float)
+    assert np.abs(a - b).mean() > 1.0  # the concept changes the video for the same seed
+    settings = json.loads((tmp_path / "with" / f"{stem}.json").read_text())
+    assert settings["rendered_prompt"] == "a <new1> dog wearing headphones running"
+    assert settings["scheduler"]["class"] == "DDIMScheduler"
+    assert settings["scheduler"]["beta_schedule"] == "linear" and settings["scheduler"]["steps_offset"] == 1
+    assert not list((tmp_path / "with").glob(".*"))  # no temp files left
+
+
+def test_bind_prompt():
+    assert bind_prompt("a dog running", "<new1>", "dog") == ("a <new1> dog running", None)
+    assert bind_prompt("a <new1> dog", "<new1>", "dog") == ("a <new1> dog", None)
+    assert bind_prompt("A Dog on the beach", "<new1>", "dog")[0] == "A <new1> Dog on the beach"
+    assert bind_prompt("hotdogs for sale", "<new1>", "dog")[1] is not None  # no whole-word match: warned
+    assert "will not appear" in bind_prompt("a cat", "<new1>", "dog")[1]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "{empty}", "--class-word", "dog", "--base", "{base}"], "no usable photos"),
+        (["train", "{photos}", "--class-word", "dog", "--base", "{base}", "--token", "dog", "--output", "{tmp}/x"],
+         "already in the tokenizer's vocabulary"),
+        (["train", "{photos}", "--class-word", "dog", "--base", "{base}", "--steps", "0"], "--steps must be positive"),
+        (["train", "{photos}", "--class-word", "dog", "--base", "{base}", "--output", "{file}/sub"], "cannot write"),
+        (["animate", "a dog", "--concept", "{concept}", "--base", "{tmp}/other-base"], "concept was trained on base"),
+        (["animate", "a dog", "--concept", "{tmp}/missing"], "does not exist"),
+        (["animate", "a dog", "--no-concept", "--base", "{base}", "--width", "60"], "multiples of 8"),
+        (["animate", "a dog", "--no-concept", "--base", "{base}", "--precision", "fp16", "--device", "cpu"],
+         "not supported on the CPU"),
+    ],
+)
+def test_bad_input_gets_one_clear_line(args, message, tiny_base, dog_photos, concept_dir, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file").write_text("x")
+    values = {"empty": tmp_path / "empty", "base": tiny_base, "photos": dog_photos, "tmp": tmp_path,
+              "file": tmp_path / "file", "concept": concept_dir}
+    code, out, err = run_cli([a.format(**values) for a in args], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_frames_beyond_the_adapter_limit_are_refused(tiny_base, tiny_adapter, tmp_path, capsys):
+    code, _, err = run_cli(["animate", "a dog", "--no-concept", "--base", str(tiny_base), "--motion-adapter",
+                            str(tiny_adapter), "--frames", "40", "--width", "64", "--height", "64",
+                            "--output", str(tmp_path)], capsys)
+    assert code == 2 and "motion adapter's 16" in err
+
+
+def test_prompt_without_the_class_word_is_warned(concept_dir, tiny_adapter, tmp_path, capsys):
+    code, out, err = run_cli(["animate", "a cat on the beach", "--concept", str(concept_dir), "--motion-adapter",
+                              str(tiny_adapter), "--frames", "4", "--width", "64", "--height", "64", "--steps", "1",
+                              "--output", str(tmp_path)], capsys)
+    assert code == 0, err
+    assert "will not appear" in out
