@@ -94,8 +94,21 @@ def _read_prompt_file(path: str) -> dict:
     return data
 
 
+def _quiet_libraries() -> None:
+    """Loading bars and library chatter would bury the one line a user needs to read."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
 def _run(args: argparse.Namespace) -> None:
     import cdvideo
+
+    _quiet_libraries()
 
     values = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
     if args.command == "train":
