@@ -79,9 +79,17 @@ class EMA:
         return state
 
 
+_TOKEN_CACHE: dict[str, torch.Tensor] = {}
+
+
 def tokenize(tokenizer, captions: list[str], device) -> torch.Tensor:
-    ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
-    return ids.to(device)
+    """Token ids, cached per caption: the grammar has a few thousand captions, and tokenizing a
+    batch of 512 every step cost more host time than the GPU's whole step."""
+    missing = sorted({c for c in captions if c not in _TOKEN_CACHE})
+    if missing:
+        ids = tokenizer(missing, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        _TOKEN_CACHE.update(zip(missing, ids))
+    return torch.stack([_TOKEN_CACHE[c] for c in captions]).to(device, non_blocking=True)
 
 
 def sample_batch(n: int, device, generator: torch.Generator, with_subject: float = 0.0):
@@ -170,7 +178,8 @@ def train_base(args, run_dir: Path, device) -> None:
     state = {"step": 0, "seconds": 0.0}
     if ckpt.exists():
         state = load_checkpoint(ckpt, modules)
-        opt.load_state_dict(state["opt"])
+        if "opt" in state:
+            opt.load_state_dict(state["opt"])
         ema_unet.shadow = [t.to(device) for t in state["ema_unet"]]
         ema_text.shadow = [t.to(device) for t in state["ema_text"]]
     gen = torch.Generator().manual_seed(args.seed + state["step"])
@@ -312,9 +321,37 @@ def export(args, run_dir: Path) -> None:
         load_checkpoint(run_dir / "motion", {"motion_adapter": adapter})
         adapter.to(torch.float16).save_pretrained(models.MOTION_DIR, safe_serialization=True)
     provenance = [json.loads(line) for line in open(run_dir / "log.jsonl")]
-    done = [r for r in provenance if r.get("done")]
+    done = [r for r in provenance if r.get("done") or r.get("command")]
     (models.WEIGHTS_DIR / "TRAINING.json").write_text(json.dumps({"phases": done}, indent=2) + "\n")
     log(run_dir, phase="export", to=str(models.WEIGHTS_DIR))
+
+
+def seed_run_from_shipped_weights(run_dir: Path) -> None:
+    """Start a run from the weights in the package (to train them further on another machine)."""
+    from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    history = json.loads((models.WEIGHTS_DIR / "TRAINING.json").read_text())["phases"]
+    steps = {r["phase"]: r for r in history if r.get("done")}
+    if not (run_dir / "base").exists():
+        for record in history:  # keep the earlier sittings' provenance in this run's log
+            log(run_dir, **{k: v for k, v in record.items() if k != "time"}, earlier_sitting=record.get("time"))
+    base = models.BASE_DIR
+    if not (run_dir / "vae").exists():
+        vae = AutoencoderKL.from_pretrained(base / "vae", dtype=torch.float32)
+        save_checkpoint(run_dir / "vae", {"vae": vae}, {"step": steps["vae"]["step"], "seconds": steps["vae"]["seconds"],
+                                                      "scaling_factor": vae.config.scaling_factor})
+    if not (run_dir / "base").exists():
+        unet = UNet2DConditionModel.from_pretrained(base / "unet", dtype=torch.float32)
+        text = CLIPTextModel.from_pretrained(base / "text_encoder", dtype=torch.float32)
+        save_checkpoint(run_dir / "base", {"unet": unet, "text_encoder": text},
+                        {"step": steps["base"]["step"], "seconds": steps["base"]["seconds"],
+                         "ema_unet": [p.detach().clone() for p in unet.parameters()],
+                         "ema_text": [p.detach().clone() for p in text.parameters()]})
+    if not (run_dir / "motion").exists() and "motion" in steps:
+        adapter = MotionAdapter.from_pretrained(models.MOTION_DIR, dtype=torch.float32)
+        save_checkpoint(run_dir / "motion", {"motion_adapter": adapter},
+                        {"step": steps["motion"]["step"], "seconds": steps["motion"]["seconds"]})
 
 
 def main() -> None:
@@ -327,12 +364,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint-minutes", type=float, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--init-from-weights", action="store_true",
+                        help="start from the weights shipped in the package when the run dir has no checkpoint")
     args = parser.parse_args()
     device = torch.device(args.device)
     args.batch = args.batch or (512 if device.type == "cuda" else 32)
     args.run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     log(args.run_dir, command=" ".join(sys.argv), device=str(device), batch=args.batch)
+    if args.init_from_weights:
+        seed_run_from_shipped_weights(args.run_dir)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     {"vae": train_vae, "base": train_base, "motion": train_motion}.get(args.phase, lambda a, r, d: export(a, r))(
