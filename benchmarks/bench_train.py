@@ -44,7 +44,7 @@ CLIP_VOCAB_SIZE = 49408
 TOKEN = "<new1>"
 VARIANTS = ("reference", "cdvideo")
 MODEL_DEFAULTS = {  # resolution, class word (one the model's tokenizer spells as a word), steps, warmup
-    "shapes": {"resolution": 64, "class_word": "star", "steps": 30, "warmup": 2},
+    "shapes": {"resolution": 64, "class_word": "star", "steps": 12, "warmup": 2},
     "tiny-sd": {"resolution": 64, "class_word": "dog", "steps": 40, "warmup": 2},
     "sd15-random": {"resolution": 256, "class_word": "star", "steps": 3, "warmup": 1},
 }
@@ -120,7 +120,7 @@ class StepClock:
                 self.cuda_peak_mib = self.torch.cuda.max_memory_allocated(self.device) / 2**20
 
     def result(self) -> dict:
-        timed = self.times[self.warmup - 1:]
+        timed = self.times[self.warmup - 1 :]
         steps = len(timed) - 1
         seconds = timed[-1] - timed[0]
         return {
@@ -138,9 +138,17 @@ def _train_config(args):
     from cdvideo.training import TrainConfig
 
     return TrainConfig(
-        images=[args.photos], class_word=args.class_word, base=args.base, output=args.output, token=TOKEN,
-        steps=args.warmup + args.steps, resolution=args.resolution, batch_size=args.batch_size, seed=args.seed,
-        device=args.device, flip=True,
+        images=[args.photos],
+        class_word=args.class_word,
+        base=args.base,
+        output=args.output,
+        token=TOKEN,
+        steps=args.warmup + args.steps,
+        resolution=args.resolution,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+        flip=True,
     ).resolved()
 
 
@@ -154,8 +162,13 @@ def worker_cdvideo(args) -> dict:
     train(cfg, say=lambda _msg: None, progress=False, after_backward=clock)
     first = json.loads((Path(cfg.output) / "metrics.jsonl").read_text().splitlines()[0])
     assert first["step"] == 1, first
-    return {**clock.result(), "batch_size": cfg.batch_size, "mse_step1": first["mse"], "spl_step1": first["spl"],
-            "loss_step1": first["mse"] + cfg.spl_weight * first["spl"]}
+    return {
+        **clock.result(),
+        "batch_size": cfg.batch_size,
+        "mse_step1": first["mse"],
+        "spl_step1": first["spl"],
+        "loss_step1": first["mse"] + cfg.spl_weight * first["spl"],
+    }
 
 
 def worker_reference(args) -> dict:
@@ -183,18 +196,23 @@ def worker_reference(args) -> dict:
     # Same trainables and optimizer as cdvideo.training.train.
     for module in (vae, text_encoder, unet):
         module.requires_grad_(False)
-    unet.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian",
-                                target_modules=list(preset.lora_targets)))
+    unet.add_adapter(
+        LoraConfig(
+            r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian", target_modules=list(preset.lora_targets)
+        )
+    )
     lora_params = [p for p in unet.parameters() if p.requires_grad]
     embeddings = text_encoder.get_input_embeddings().weight
     embeddings.requires_grad_(True)
     row_mask = torch.zeros(len(embeddings), 1, device=device)
     row_mask[token_id] = 1.0
     embeddings.register_hook(lambda grad: grad * row_mask)
-    optimizer = torch.optim.AdamW([
-        {"params": lora_params, "lr": cfg.lora_lr, "weight_decay": 1e-2},
-        {"params": [embeddings], "lr": cfg.token_lr, "weight_decay": 0.0},
-    ])
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": lora_params, "lr": cfg.lora_lr, "weight_decay": 1e-2},
+            {"params": [embeddings], "lr": cfg.token_lr, "weight_decay": 0.0},
+        ]
+    )
 
     # The "dataset": the same photos (and flips) as tensors; DreamBooth would decode and transform
     # them in its DataLoader every step, which is left out here.
@@ -211,8 +229,9 @@ def worker_reference(args) -> dict:
         # DreamBooth: encode the pixel batch every step.
         latents = vae.encode(pixel_values).latent_dist.sample(generator) * vae.config.scaling_factor
         noise = torch.randn(latents.shape, generator=generator, device=device)
-        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),),
-                                  generator=generator, device=device)
+        timesteps = torch.randint(
+            0, noise_scheduler.config.num_train_timesteps, (len(latents),), generator=generator, device=device
+        )
         noisy = noise_scheduler.add_noise(latents, noise, timesteps)
         # DreamBooth: the batch's prompts (tokenized by the dataset) through the text encoder every step.
         input_ids = _tokenize(tokenizer, [concept_prompt] * cfg.batch_size, device)
@@ -268,9 +287,16 @@ def build_sd15_random(folder: Path) -> Path:
     vae = AutoencoderKL.from_config(AutoencoderKL.load_config(SD15_CONFIGS / "vae"))
     text_encoder = CLIPTextModel(CLIPTextConfig.from_json_file(SD15_CONFIGS / "text_encoder" / "config.json"))
     scheduler = PNDMScheduler.from_config(PNDMScheduler.load_config(SD15_CONFIGS / "scheduler"))
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=padded_clip_tokenizer(), unet=unet,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=padded_clip_tokenizer(),
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.save_pretrained(folder)
     return folder
 
@@ -287,8 +313,8 @@ def write_photos(folder: Path, size: int, count: int = 5) -> Path:
         image = np.full((s, s, 3), 235, np.uint8)
         x, y = rng.integers(s // 4, 3 * s // 4, size=2)
         w, h = s // 5, s // 6
-        image[y - h: y + h, x - w: x + w] = (220, 120, 40)
-        image[y - h - s // 20: y - h + s // 40, x - w: x - w + s // 10] = (60, 40, 20)
+        image[y - h : y + h, x - w : x + w] = (220, 120, 40)
+        image[y - h - s // 20 : y - h + s // 40, x - w : x - w + s // 10] = (60, 40, 20)
         Image.fromarray(image).save(folder / f"subject-{i}.png")
     return folder
 
@@ -319,16 +345,28 @@ def machine_info(device: str | None) -> dict:
         pass
     use_cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     return {
-        "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__, "python": platform.python_version(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
         "device": torch.cuda.get_device_name() if use_cuda else "cpu",
+        "loadavg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
 
 
 def run_worker(args) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    work = {"cdvideo": worker_cdvideo, "reference": worker_reference, "build": worker_build,
-            "info": lambda a: machine_info(a.device)}[args.worker]
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    work = {
+        "cdvideo": worker_cdvideo,
+        "reference": worker_reference,
+        "build": worker_build,
+        "info": lambda a: machine_info(a.device),
+    }[args.worker]
     result = work(args)
     Path(args.result).write_text(json.dumps(result))
 
@@ -340,12 +378,31 @@ def run_worker(args) -> None:
 
 def _spawn(kind: str, args, tmp: Path, extra: list[str]) -> dict:
     result = tmp / f"{kind}-{time.monotonic_ns()}.json"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--result", str(result),
-           "--model", args.model, "--seed", str(args.seed), *extra]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        kind,
+        "--result",
+        str(result),
+        "--model",
+        args.model,
+        "--seed",
+        str(args.seed),
+        *extra,
+    ]
     if args.device:
         cmd += ["--device", args.device]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error",
-           "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_VERBOSITY": "error",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONWARNINGS": "ignore",
+    }
+    if args.threads > 0:
+        env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+        cmd += ["--threads", str(args.threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
@@ -368,6 +425,13 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--class-word")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads per worker (OMP_NUM_THREADS and torch); 0 = torch's default. Default 1: "
+        "on a shared 2-core machine, 2 threads next to another job ran ~90x slower",
+    )
     parser.add_argument("--json", help="write all results to this file")
     # worker-only
     parser.add_argument("--worker", choices=["cdvideo", "reference", "build", "info"], help=argparse.SUPPRESS)
@@ -391,8 +455,20 @@ def main(argv: list[str] | None = None) -> dict | None:
         started = time.perf_counter()
         info = _spawn("info", args, tmp, [])
         built = _spawn("build", args, tmp, ["--output", str(tmp), "--resolution", str(args.resolution)])
-        common = ["--base", built["base"], "--photos", built["photos"], "--resolution", str(args.resolution),
-                  "--steps", str(args.steps), "--warmup", str(args.warmup), "--class-word", args.class_word]
+        common = [
+            "--base",
+            built["base"],
+            "--photos",
+            built["photos"],
+            "--resolution",
+            str(args.resolution),
+            "--steps",
+            str(args.steps),
+            "--warmup",
+            str(args.warmup),
+            "--class-word",
+            args.class_word,
+        ]
         if args.batch_size:
             common += ["--batch-size", str(args.batch_size)]
         blocks = []
@@ -404,6 +480,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                 blocks.append({"variant": variant, "round": r + 1, **res})
                 print(f"  round {r + 1} {variant:9s} {res['steps_per_s']:8.3f} steps/s", flush=True)
         wall = time.perf_counter() - started
+        info["loadavg_1min_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
     batch = blocks[0]["batch_size"]
     summary = {}
@@ -414,17 +491,35 @@ def main(argv: list[str] | None = None) -> dict | None:
             values = [b[key] for b in mine if b[key] is not None]
             return statistics.median(values) if values else None
 
-        summary[variant] = {k: med(k) for k in ("steps_per_s", "peak_rss_mib", "loop_peak_rss_mib",
-                                                "cuda_max_allocated_mib", "mse_step1", "spl_step1", "loss_step1")}
+        summary[variant] = {
+            k: med(k)
+            for k in (
+                "steps_per_s",
+                "peak_rss_mib",
+                "loop_peak_rss_mib",
+                "cuda_max_allocated_mib",
+                "mse_step1",
+                "spl_step1",
+                "loss_step1",
+            )
+        }
+    for variant in VARIANTS:  # robust to CPU-contention spikes: the median single step over all blocks
+        pooled = [t for b in blocks if b["variant"] == variant for t in b["step_times"]]
+        summary[variant]["median_step_s"] = statistics.median(pooled)
     ratio = summary["cdvideo"]["steps_per_s"] / summary["reference"]["steps_per_s"]
+    ratio_median_step = summary["reference"]["median_step_s"] / summary["cdvideo"]["median_step_s"]
     device = "cpu" if info["device"] == "cpu" else "cuda"
 
-    header = (f"{'variant':10s} {'round':>5s} {'steps/s':>9s} {'s/step':>8s} {'mse@1':>9s} {'spl@1':>9s} "
-              f"{'loss@1':>9s} {'peakRSS MiB':>12s} {'loopRSS MiB':>12s} {'CUDA max MiB':>13s}")
+    header = (
+        f"{'variant':10s} {'round':>5s} {'steps/s':>9s} {'s/step':>8s} {'mse@1':>9s} {'spl@1':>9s} "
+        f"{'loss@1':>9s} {'peakRSS MiB':>12s} {'loopRSS MiB':>12s} {'CUDA max MiB':>13s}"
+    )
     print()
-    print(f"model {args.model}, batch {batch}, {args.resolution}px, {args.steps} timed steps/block "
-          f"(+{args.warmup} warm-up), {args.rounds} rounds, device {info['device']}, torch {info['torch']}, "
-          f"{info['torch_threads']} threads, CPU {info['cpu']} x{info['cpu_count']}")
+    print(
+        f"model {args.model}, batch {batch}, {args.resolution}px, {args.steps} timed steps/block "
+        f"(+{args.warmup} warm-up), {args.rounds} rounds, device {info['device']}, torch {info['torch']}, "
+        f"{info['torch_threads']} threads, CPU {info['cpu']} x{info['cpu_count']}"
+    )
     if args.model == "sd15-random":
         print(f"note: {TOKENIZER_NOTE}")
     print(header)
@@ -432,24 +527,45 @@ def main(argv: list[str] | None = None) -> dict | None:
     rows = blocks + [{"variant": v, "round": "med", **summary[v]} for v in VARIANTS]
     for b in rows:
         sps = b["steps_per_s"]
-        print(f"{b['variant']:10s} {b['round']!s:>5s} {sps:9.3f} {1 / sps:8.3f} {_fmt(b['mse_step1'], '9.4f')} "
-              f"{_fmt(b['spl_step1'], '9.4f')} {_fmt(b['loss_step1'], '9.4f')} {_fmt(b['peak_rss_mib'], '12.0f')} "
-              f"{_fmt(b['loop_peak_rss_mib'], '12.0f')} {_fmt(b['cuda_max_allocated_mib'], '13.0f')}")
+        print(
+            f"{b['variant']:10s} {b['round']!s:>5s} {sps:9.3f} {1 / sps:8.3f} {_fmt(b['mse_step1'], '9.4f')} "
+            f"{_fmt(b['spl_step1'], '9.4f')} {_fmt(b['loss_step1'], '9.4f')} {_fmt(b['peak_rss_mib'], '12.0f')} "
+            f"{_fmt(b['loop_peak_rss_mib'], '12.0f')} {_fmt(b['cuda_max_allocated_mib'], '13.0f')}"
+        )
     ref, cd = summary["reference"], summary["cdvideo"]
     spl_equal = abs(ref["spl_step1"] - cd["spl_step1"]) <= 1e-4 + 1e-3 * abs(ref["spl_step1"])
     mse_close = 1 / 3 <= cd["mse_step1"] / max(ref["mse_step1"], 1e-12) <= 3
     sanity = "OK" if spl_equal and mse_close else "CHECK"
-    print(f"step-1 sanity ({sanity}): SPL equal {spl_equal} (same weights, same prompts); "
-          f"MSE within 3x {mse_close} (different noise/timestep draws)")
+    print(
+        f"step-1 sanity ({sanity}): SPL equal {spl_equal} (same weights, same prompts); "
+        f"MSE within 3x {mse_close} (different noise/timestep draws)"
+    )
     line = f"cdvideo/reference steps/s = {ratio:.2f}x ({args.model}, batch {batch}, {args.resolution}px, {device})"
     print(line)
-    print(f"(total wall time {wall:.0f} s)")
+    print(
+        f"(from the median single step over all blocks: {ratio_median_step:.2f}x; "
+        f"reference {ref['median_step_s']:.3f} s, cdvideo {cd['median_step_s']:.3f} s)"
+    )
+    print(
+        f"(total wall time {wall:.0f} s; 1-min load average {info['loadavg_1min']} at start, "
+        f"{info['loadavg_1min_end']} at end, on {info['cpu_count']} CPUs)"
+    )
 
-    results = {"args": {k: v for k, v in vars(args).items() if k not in ("worker", "result", "base", "photos",
-                                                                       "output", "json")},
-               "batch_size": batch, "machine": info, "blocks": blocks, "median": summary, "ratio": ratio,
-               "sanity": sanity, "summary": line, "wall_s": wall,
-               "notes": [TOKENIZER_NOTE] if args.model == "sd15-random" else []}
+    results = {
+        "args": {
+            k: v for k, v in vars(args).items() if k not in ("worker", "result", "base", "photos", "output", "json")
+        },
+        "batch_size": batch,
+        "machine": info,
+        "blocks": blocks,
+        "median": summary,
+        "ratio": ratio,
+        "ratio_median_step": ratio_median_step,
+        "sanity": sanity,
+        "summary": line,
+        "wall_s": wall,
+        "notes": [TOKENIZER_NOTE] if args.model == "sd15-random" else [],
+    }
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

@@ -1,8 +1,8 @@
 """cdvideo: personalized text-to-video. ClassDiffusion-style concepts, animated with AnimateDiff.
 
-    import cdvideo
-    cdvideo.train(cdvideo.TrainConfig(images=["photos/rex"], class_word="dog"))
-    cdvideo.animate(cdvideo.AnimateConfig(prompts=["a dog wearing headphones running"]))
+import cdvideo
+cdvideo.train(cdvideo.TrainConfig(images=["photos/rex"], class_word="dog"))
+cdvideo.animate(cdvideo.AnimateConfig(prompts=["a dog wearing headphones running"]))
 """
 
 from __future__ import annotations

@@ -103,9 +103,7 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
     return Path(path)
 
 
-def write_text_atomic(
-    path: str | os.PathLike[str], text: str, encoding: str = "utf-8"
-) -> Path:
+def write_text_atomic(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:
     """Atomically replace `path` with `text` (no newline translation)."""
     return write_bytes_atomic(path, text.encode(encoding))
 

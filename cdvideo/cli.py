@@ -14,8 +14,11 @@ def _train_parser(sub) -> None:
     p = sub.add_parser("train", help="teach a model your subject from 3-20 photos")
     p.add_argument("images", nargs="+", help="photo files or folders")
     p.add_argument("--class-word", required=True, help="the subject's class, e.g. dog")
-    p.add_argument("--base", default="stable-diffusion-v1-5/stable-diffusion-v1-5",
-                   help="hub id, local diffusers folder, single .safetensors file, or 'shapes'")
+    p.add_argument(
+        "--base",
+        default="stable-diffusion-v1-5/stable-diffusion-v1-5",
+        help="hub id, local diffusers folder, single .safetensors file, or 'shapes'",
+    )
     p.add_argument("--base-config", help="local diffusers config folder for a single-file --base (no download)")
     p.add_argument("--output", default="cdvideo-concept")
     p.add_argument("--token", default="<new1>")
@@ -69,7 +72,9 @@ def _demo_parser(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cdvideo", description="Personalized text-to-video (ClassDiffusion + AnimateDiff)")
+    parser = argparse.ArgumentParser(
+        prog="cdvideo", description="Personalized text-to-video (ClassDiffusion + AnimateDiff)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
     _animate_parser(sub)

@@ -69,9 +69,7 @@ def load_photos(
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
     if not inputs:
-        raise UserError(
-            "no photo paths given; give 3-20 JPEG/PNG photos of one subject"
-        )
+        raise UserError("no photo paths given; give 3-20 JPEG/PNG photos of one subject")
     if resolution < 1:
         raise ValueError(f"resolution must be positive, got {resolution}")
 
@@ -87,9 +85,7 @@ def load_photos(
             result.skipped.append((path, f"cannot read file: {_short(e, path)}"))
             continue
         if digest in first_by_hash:
-            result.notes.append(
-                f"{labels[first_by_hash[digest]]} and {labels[path]} are identical: using one"
-            )
+            result.notes.append(f"{labels[first_by_hash[digest]]} and {labels[path]} are identical: using one")
             continue
         try:
             image, notes = _load_one(path, resolution, min_size)
@@ -114,8 +110,7 @@ def load_photos(
         )
     if len(result.images) < 3:
         result.notes.append(
-            f"only {len(result.images)} usable photo(s); {RECOMMENDED} photos of the subject "
-            "are recommended"
+            f"only {len(result.images)} usable photo(s); {RECOMMENDED} photos of the subject are recommended"
         )
     return result
 
@@ -134,18 +129,14 @@ def photos_to_tensor(images: list[Image.Image], flip: bool) -> torch.Tensor:
     return tensor.contiguous()
 
 
-def _collect_candidates(
-    inputs: Sequence[str | Path], skipped: list[tuple[Path, str]]
-) -> list[Path]:
+def _collect_candidates(inputs: Sequence[str | Path], skipped: list[tuple[Path, str]]) -> list[Path]:
     candidates: list[Path] = []
     seen: set[Path] = set()
     for raw in inputs:
         path = Path(raw).expanduser()
         if not path.exists():
             raise UserError(f"photo path does not exist: {path}")
-        entries = (
-            sorted(path.iterdir(), key=lambda p: p.name) if path.is_dir() else [path]
-        )
+        entries = sorted(path.iterdir(), key=lambda p: p.name) if path.is_dir() else [path]
         for entry in entries:
             # The same file reached twice (folder and file both given) is not a duplicate photo.
             key = entry.resolve()
@@ -184,9 +175,7 @@ def _file_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _load_one(
-    path: Path, resolution: int, min_size: int
-) -> tuple[Image.Image, list[str]]:
+def _load_one(path: Path, resolution: int, min_size: int) -> tuple[Image.Image, list[str]]:
     if path.stat().st_size == 0:
         raise _Skip("unreadable image: empty file (0 bytes)")
     # Save/restore because this is a process-wide switch another library may have flipped;
@@ -201,9 +190,7 @@ def _load_one(
     except _Skip:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise _Skip(
-            f"too large to decode safely (over {MAX_PIXELS // 1_000_000} megapixels)"
-        ) from None
+        raise _Skip(f"too large to decode safely (over {MAX_PIXELS // 1_000_000} megapixels)") from None
     except UnidentifiedImageError:
         raise _Skip("unreadable image: not a recognised image format") from None
     except Exception as e:  # noqa: BLE001 - any decoder failure means "skip this file", never a crash
@@ -212,15 +199,11 @@ def _load_one(
         ImageFile.LOAD_TRUNCATED_IMAGES = previous
 
 
-def _process(
-    im: Image.Image, resolution: int, min_size: int
-) -> tuple[Image.Image, list[str]]:
+def _process(im: Image.Image, resolution: int, min_size: int) -> tuple[Image.Image, list[str]]:
     notes: list[str] = []
     width, height = im.size
     if width * height > MAX_PIXELS:
-        raise _Skip(
-            f"too large ({width}x{height} > {MAX_PIXELS // 1_000_000} megapixels)"
-        )
+        raise _Skip(f"too large ({width}x{height} > {MAX_PIXELS // 1_000_000} megapixels)")
     if min(width, height) < min_size:
         raise _Skip(f"too small ({width}x{height} < {min_size} px)")
     source_format = im.format
@@ -241,14 +224,10 @@ def _process(
     if composited:
         notes.append("transparent pixels composited on white")
     if min(width, height) < resolution:
-        notes.append(
-            f"only {width}x{height}, upscaled to {resolution} px (may look soft)"
-        )
+        notes.append(f"only {width}x{height}, upscaled to {resolution} px (may look soft)")
     if max(width, height) > 2 * min(width, height):
         shape = "wide" if width > height else "tall"
-        notes.append(
-            f"very {shape} ({width}x{height}); the centre crop may cut off the subject"
-        )
+        notes.append(f"very {shape} ({width}x{height}); the centre crop may cut off the subject")
     return _square(rgb, resolution), notes
 
 
@@ -268,9 +247,7 @@ def _square(im: Image.Image, resolution: int) -> Image.Image:
     return square
 
 
-def _to_rgb(
-    im: Image.Image, source_format: str | None, icc_profile: bytes | None
-) -> tuple[Image.Image, bool]:
+def _to_rgb(im: Image.Image, source_format: str | None, icc_profile: bytes | None) -> tuple[Image.Image, bool]:
     """Return (8-bit RGB image, whether transparent pixels were composited on white)."""
     mode = im.mode
     if mode.startswith("I") or mode == "F":
@@ -323,9 +300,7 @@ def _apply_icc(rgb: Image.Image, icc_profile: bytes | None, space: str) -> Image
     return _icc_to_srgb(rgb, icc_profile, space) or rgb
 
 
-def _icc_to_srgb(
-    im: Image.Image, icc_profile: bytes | None, space: str
-) -> Image.Image | None:
+def _icc_to_srgb(im: Image.Image, icc_profile: bytes | None, space: str) -> Image.Image | None:
     """Convert from the embedded profile to sRGB; None if there is nothing (useful) to do."""
     if not icc_profile:
         return None
@@ -356,14 +331,9 @@ def _where(inputs: Sequence[str | Path]) -> str:
 def _skip_summary(skipped: list[tuple[Path, str]], labels: dict[Path, str]) -> str:
     if not skipped:
         return "no files found"
-    listed = ", ".join(
-        f"{labels.get(path, path.name)} {reason}"
-        for path, reason in skipped[:_MAX_LISTED_SKIPS]
-    )
+    listed = ", ".join(f"{labels.get(path, path.name)} {reason}" for path, reason in skipped[:_MAX_LISTED_SKIPS])
     more = len(skipped) - _MAX_LISTED_SKIPS
-    return f"skipped {len(skipped)}: {listed}" + (
-        f", and {more} more" if more > 0 else ""
-    )
+    return f"skipped {len(skipped)}: {listed}" + (f", and {more} more" if more > 0 else "")
 
 
 def _short(error: BaseException, path: Path, limit: int = 80) -> str:

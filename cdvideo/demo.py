@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -51,12 +51,20 @@ def demo(output: str = "cdvideo-demo", seed: int = 0, say: Callable[[str], None]
     photos = out / "photos"
     write_subject_photos(photos, seed=seed)
     say(f"wrote 5 subject photos to {photos}")
-    concept_dir = train(TrainConfig(images=[str(photos)], class_word="circle", base="shapes",
-                                    output=str(out / "concept"), seed=seed), say=say)
-    with_concept = animate(AnimateConfig(prompts=[PROMPT], concept=str(concept_dir), seeds=[seed],
-                                         output=str(out / "with-concept")), say=say)[0]
-    without = animate(AnimateConfig(prompts=[PROMPT], use_concept=False, base="shapes", seeds=[seed],
-                                    output=str(out / "without-concept")), say=say)[0]
+    concept_dir = train(
+        TrainConfig(images=[str(photos)], class_word="circle", base="shapes", output=str(out / "concept"), seed=seed),
+        say=say,
+    )
+    with_concept = animate(
+        AnimateConfig(prompts=[PROMPT], concept=str(concept_dir), seeds=[seed], output=str(out / "with-concept")),
+        say=say,
+    )[0]
+    without = animate(
+        AnimateConfig(
+            prompts=[PROMPT], use_concept=False, base="shapes", seeds=[seed], output=str(out / "without-concept")
+        ),
+        say=say,
+    )[0]
     from cdvideo.concept import load_concept
 
     cards = {"with concept": scorecard(with_concept.frames), "without concept": scorecard(without.frames)}

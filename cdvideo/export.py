@@ -62,14 +62,10 @@ def _array_to_uint8(arr: np.ndarray, prefer_channels_first: bool) -> np.ndarray:
     if arr.ndim == 5 and arr.shape[0] == 1:
         arr = arr[0]  # pipeline output with batch size 1
     if arr.ndim != 4:
-        raise ValueError(
-            f"expected frames shaped (F,H,W,3) or (F,3,H,W), got {tuple(arr.shape)}"
-        )
+        raise ValueError(f"expected frames shaped (F,H,W,3) or (F,3,H,W), got {tuple(arr.shape)}")
     last, first = arr.shape[-1] == 3, arr.shape[1] == 3
     if not (last or first):
-        raise ValueError(
-            f"expected 3 RGB channels, got frames shaped {tuple(arr.shape)}"
-        )
+        raise ValueError(f"expected 3 RGB channels, got frames shaped {tuple(arr.shape)}")
     if first and (prefer_channels_first or not last):
         arr = arr.transpose(0, 2, 3, 1)
     if 0 in arr.shape:
@@ -89,9 +85,7 @@ def _array_to_uint8(arr: np.ndarray, prefer_channels_first: bool) -> np.ndarray:
         if lo < 0 or hi > 255:
             raise ValueError(f"integer frames must be in 0..255, got range {lo}..{hi}")
         return np.ascontiguousarray(arr.astype(np.uint8))
-    raise ValueError(
-        f"unsupported frame dtype {arr.dtype}; use float in [0,1] or uint8"
-    )
+    raise ValueError(f"unsupported frame dtype {arr.dtype}; use float in [0,1] or uint8")
 
 
 def _frame_to_uint8(frame: Any) -> np.ndarray:
@@ -103,9 +97,7 @@ def _frame_to_uint8(frame: Any) -> np.ndarray:
         return _array_to_uint8(t[None], prefer_channels_first=True)[0]
     if isinstance(frame, np.ndarray):
         return _array_to_uint8(frame[None], prefer_channels_first=False)[0]
-    raise TypeError(
-        f"unsupported frame type {type(frame).__name__}; expected PIL image, ndarray or tensor"
-    )
+    raise TypeError(f"unsupported frame type {type(frame).__name__}; expected PIL image, ndarray or tensor")
 
 
 def _iter_uint8_frames(frames: FramesLike) -> Iterator[np.ndarray]:
@@ -117,9 +109,7 @@ def _iter_uint8_frames(frames: FramesLike) -> Iterator[np.ndarray]:
     if isinstance(frames, np.ndarray):
         yield from _array_to_uint8(frames, prefer_channels_first=False)
         return
-    if isinstance(frames, (Image.Image, str, bytes)) or not isinstance(
-        frames, Iterable
-    ):
+    if isinstance(frames, (Image.Image, str, bytes)) or not isinstance(frames, Iterable):
         raise TypeError(
             f"expected a sequence of frames (list of PIL images, array or tensor), got {type(frames).__name__}"
         )
@@ -129,9 +119,7 @@ def _iter_uint8_frames(frames: FramesLike) -> Iterator[np.ndarray]:
         if shape is None:
             shape = u8.shape
         elif u8.shape != shape:
-            raise ValueError(
-                f"frame {i} has shape {u8.shape}, expected {shape} like frame 0"
-            )
+            raise ValueError(f"frame {i} has shape {u8.shape}, expected {shape} like frame 0")
         yield u8
 
 
@@ -153,12 +141,7 @@ def to_uint8_frames(frames: FramesLike) -> np.ndarray:
 
 
 def _check_fps(fps: float) -> Fraction:
-    if (
-        isinstance(fps, bool)
-        or not isinstance(fps, numbers.Real)
-        or not math.isfinite(fps)
-        or fps <= 0
-    ):
+    if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not math.isfinite(fps) or fps <= 0:
         raise ValueError(f"fps must be a positive number, got {fps!r}")
     if isinstance(fps, numbers.Rational):  # ints (numpy too) and Fractions stay exact
         return Fraction(int(fps.numerator), int(fps.denominator))
@@ -195,9 +178,7 @@ def _encode(
     ]  # fmt: skip
     # stderr goes to a file, not a pipe: an unread pipe could fill up and deadlock ffmpeg.
     with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log
-        )
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log)
         assert proc.stdin is not None
         try:
             try:
@@ -219,9 +200,7 @@ def _encode(
         if rc != 0:
             log.seek(0)
             msg = log.read().decode("utf-8", "replace").strip().splitlines()[-5:]
-            raise RuntimeError(
-                f"ffmpeg failed (exit {rc}) writing {out.name}: " + " | ".join(msg)
-            )
+            raise RuntimeError(f"ffmpeg failed (exit {rc}) writing {out.name}: " + " | ".join(msg))
 
 
 def _check_nonempty(path: Path) -> None:
@@ -301,12 +280,7 @@ def slugify(prompt: str, max_len: int = 60) -> str:
     """
     if max_len < 1:
         raise ValueError("max_len must be >= 1")
-    ascii_text = (
-        unicodedata.normalize("NFKD", prompt)
-        .encode("ascii", "ignore")
-        .decode("ascii")
-        .lower()
-    )
+    ascii_text = unicodedata.normalize("NFKD", prompt).encode("ascii", "ignore").decode("ascii").lower()
     slug = "-".join(re.findall(r"[a-z0-9]+", ascii_text))
     if len(slug) > max_len:
         cut = slug[:max_len]
@@ -338,9 +312,7 @@ def write_video(
     fmts = list(dict.fromkeys(f.lower() for f in formats))
     unknown = [f for f in fmts if f not in _WRITERS]
     if not fmts or unknown:
-        raise ValueError(
-            f"formats must be a non-empty subset of {FORMATS}, got {tuple(formats)}"
-        )
+        raise ValueError(f"formats must be a non-empty subset of {FORMATS}, got {tuple(formats)}")
     directory = ensure_writable_dir(out_dir)
     arr = to_uint8_frames(frames)  # convert once, and a generator can only be read once
     return {f: _WRITERS[f](arr, directory / f"{stem}.{f}", fps) for f in fmts}

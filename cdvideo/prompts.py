@@ -10,14 +10,18 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from cdvideo.errors import UserError
 
 
-def add_token(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, token: str, init_word: str) -> tuple[int, list[str]]:
+def add_token(
+    tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, token: str, init_word: str
+) -> tuple[int, list[str]]:
     """Add `token`, initialised as the mean embedding of `init_word`'s tokens. Returns (id, notes)."""
     if not re.fullmatch(r"\S+", token):
         raise UserError(f"--token {token!r} must be one word without spaces, such as <new1>")
     vocab = tokenizer.get_vocab()
     # CLIP's BPE stores whole words with a "</w>" suffix: "dog" is known as "dog</w>".
     if token in vocab or f"{token.lower()}</w>" in vocab:
-        raise UserError(f"token {token!r} is already in the tokenizer's vocabulary; choose another --token, e.g. <sks1>")
+        raise UserError(
+            f"token {token!r} is already in the tokenizer's vocabulary; choose another --token, e.g. <sks1>"
+        )
     notes = []
     init_ids = tokenizer(init_word, add_special_tokens=False).input_ids
     if not init_ids:

@@ -105,7 +105,9 @@ def build_pipeline(cfg: AnimateConfig, device: torch.device, dtype: torch.dtype)
     adapter = loading.load_motion_adapter(cfg.motion_adapter, dtype)
     limit = adapter.config.motion_max_seq_length
     if cfg.frames > limit:
-        raise UserError(f"--frames {cfg.frames} is more than the motion adapter's {limit}; use --frames {limit} or fewer")
+        raise UserError(
+            f"--frames {cfg.frames} is more than the motion adapter's {limit}; use --frames {limit} or fewer"
+        )
     pipe = loading.video_pipeline(image, adapter)
     overrides = presets.preset_for(cfg.base).scheduler
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, **overrides)
@@ -126,8 +128,10 @@ def animate(cfg: AnimateConfig, say: Callable[[str], None] = print, progress: bo
     if concept:
         concepts.apply_concept(pipe, folder, concept, scale=cfg.lora_scale)
         say(f"concept {concept.token} ({concept.class_word}) from {folder}")
-    scheduler_settings = {"class": type(pipe.scheduler).__name__,
-                          **{k: v for k, v in pipe.scheduler.config.items() if not k.startswith("_")}}
+    scheduler_settings = {
+        "class": type(pipe.scheduler).__name__,
+        **{k: v for k, v in pipe.scheduler.config.items() if not k.startswith("_")},
+    }
     videos = []
     for prompt in cfg.prompts:
         rendered = prompt
@@ -144,16 +148,29 @@ def animate(cfg: AnimateConfig, say: Callable[[str], None] = print, progress: bo
             start = time.time()
             generator = torch.Generator("cpu").manual_seed(seed)
             result = pipe(
-                rendered, negative_prompt=cfg.negative_prompt or None, num_frames=cfg.frames, height=cfg.height,
-                width=cfg.width, num_inference_steps=cfg.steps, guidance_scale=cfg.guidance, generator=generator,
-                output_type="np", decode_chunk_size=cfg.decode_chunk_size,
+                rendered,
+                negative_prompt=cfg.negative_prompt or None,
+                num_frames=cfg.frames,
+                height=cfg.height,
+                width=cfg.width,
+                num_inference_steps=cfg.steps,
+                guidance_scale=cfg.guidance,
+                generator=generator,
+                output_type="np",
+                decode_chunk_size=cfg.decode_chunk_size,
             )
             frames = result.frames[0]
             stem = export.video_stem(prompt, seed)
             files = export.write_video(frames, out, stem, fps=cfg.fps)
-            settings = {**asdict(cfg), "prompt": prompt, "rendered_prompt": rendered, "seed": seed,
-                        "concept": str(folder) if folder else None, "concept_token": concept.token if concept else None,
-                        "scheduler": scheduler_settings}
+            settings = {
+                **asdict(cfg),
+                "prompt": prompt,
+                "rendered_prompt": rendered,
+                "seed": seed,
+                "concept": str(folder) if folder else None,
+                "concept_token": concept.token if concept else None,
+                "scheduler": scheduler_settings,
+            }
             settings.pop("prompts")
             settings.pop("seeds")
             files["json"] = out / f"{stem}.json"

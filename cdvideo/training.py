@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ from peft.utils import get_peft_model_state_dict
 from tqdm.auto import tqdm
 
 from cdvideo import checkpoints, data, loading, presets
-from cdvideo.atomic import ensure_writable_dir, write_text_atomic
+from cdvideo.atomic import ensure_writable_dir, write_json_atomic
 from cdvideo.concept import Concept, save_concept
 from cdvideo.errors import UserError
 from cdvideo.loss import at_eos, concept_class_cosine, eos_features, semantic_preservation_loss
@@ -134,8 +134,13 @@ def _generate_class_images(
     say(f"generating {count - have} class images of '{class_word}' into {folder}")
     generator = torch.Generator(pipe.device).manual_seed(seed)
     for i in tqdm(range(have, count), desc="class images", leave=False):
-        image = pipe(f"a photo of a {class_word}", height=resolution, width=resolution,
-                     num_inference_steps=steps, generator=generator).images[0]
+        image = pipe(
+            f"a photo of a {class_word}",
+            height=resolution,
+            width=resolution,
+            num_inference_steps=steps,
+            generator=generator,
+        ).images[0]
         with atomic_path(folder / f"class-{i:04d}.png") as tmp:
             image.save(tmp)
 
@@ -172,8 +177,16 @@ def train(
     if cfg.prior_weight > 0:
         class_dir = Path(cfg.class_images) if cfg.class_images else out / "class-images"
         if not cfg.class_images:
-            _generate_class_images(pipe, cfg.class_word, cfg.num_class_images, cfg.resolution,
-                                   presets.preset_for(cfg.base).steps, class_dir, cfg.seed, say)
+            _generate_class_images(
+                pipe,
+                cfg.class_word,
+                cfg.num_class_images,
+                cfg.resolution,
+                presets.preset_for(cfg.base).steps,
+                class_dir,
+                cfg.seed,
+                say,
+            )
         class_set = data.load_photos([class_dir], cfg.resolution, max_photos=10_000)
         class_pixels = data.photos_to_tensor(class_set.images, flip=False)
 
@@ -185,8 +198,12 @@ def train(
     for module in (vae, text_encoder, unet):
         module.requires_grad_(False)
     unet.add_adapter(
-        LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian",
-                   target_modules=list(presets.preset_for(cfg.base).lora_targets))
+        LoraConfig(
+            r=cfg.rank,
+            lora_alpha=cfg.alpha,
+            init_lora_weights="gaussian",
+            target_modules=list(presets.preset_for(cfg.base).lora_targets),
+        )
     )
     lora_params = [p for p in unet.parameters() if p.requires_grad]
     embeddings = text_encoder.get_input_embeddings().weight
@@ -224,10 +241,12 @@ def train(
     metrics_path = out / "metrics.jsonl"
     bar = tqdm(total=cfg.steps, initial=state.step, desc="train", disable=not progress)
     history: list[dict] = []
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     for step in range(state.step, cfg.steps):
         picks = torch.randint(len(instance_mean), (cfg.batch_size,), generator=generator, device=device)
         latents = instance_mean[picks] + instance_std[picks] * torch.randn(
-            instance_mean[picks].shape, generator=generator, device=device)
+            instance_mean[picks].shape, generator=generator, device=device
+        )
         latents = latents * vae.config.scaling_factor
         # The concept phrase is the same for every item: encode it once, share it across the batch.
         concept_hidden = text_encoder(concept_ids)[0]
@@ -236,18 +255,20 @@ def train(
         if class_latents is not None:
             picks_c = torch.randint(len(class_latents[0]), (cfg.batch_size,), generator=generator, device=device)
             prior = class_latents[0][picks_c] + class_latents[1][picks_c] * torch.randn(
-                class_latents[0][picks_c].shape, generator=generator, device=device)
+                class_latents[0][picks_c].shape, generator=generator, device=device
+            )
             latents = torch.cat([latents, prior * vae.config.scaling_factor])
             hidden = torch.cat([hidden, class_hidden.expand(cfg.batch_size, -1, -1)])
         noise = torch.randn(latents.shape, generator=generator, device=device)
-        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),),
-                                  generator=generator, device=device)
+        timesteps = torch.randint(
+            0, noise_scheduler.config.num_train_timesteps, (len(latents),), generator=generator, device=device
+        )
         noisy = noise_scheduler.add_noise(latents, noise, timesteps)
         prediction = unet(noisy, timesteps, hidden).sample
         target = _diffusion_target(noise_scheduler, latents, noise, timesteps)
         errors = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
         mse = errors[: cfg.batch_size].mean()
-        prior_loss = errors[cfg.batch_size:].mean() if class_latents is not None else torch.zeros((), device=device)
+        prior_loss = errors[cfg.batch_size :].mean() if class_latents is not None else torch.zeros((), device=device)
         spl = semantic_preservation_loss(concept_features, class_features)
         loss = mse + cfg.prior_weight * prior_loss + cfg.spl_weight * spl
         optimizer.zero_grad(set_to_none=True)
@@ -255,19 +276,29 @@ def train(
         if after_backward:
             after_backward({"unet": unet, "text_encoder": text_encoder, "vae": vae, "token_id": token_id})
         optimizer.step()
-        if not torch.isfinite(loss):
-            raise UserError(f"loss became {loss.item()} at step {step + 1}; lower the learning rates "
-                            "(the last checkpoint, if any, is intact)")
+        nonfinite |= ~torch.isfinite(loss)  # checked when we sync anyway: logging and checkpoints
         bar.update(1)
-        if (step + 1) % LOG_EVERY == 0 or step + 1 == cfg.steps or step == 0:
+        due_checkpoint = cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps
+        due_log = (step + 1) % LOG_EVERY == 0 or step + 1 == cfg.steps or step == 0
+        if (due_log or due_checkpoint) and bool(nonfinite):
+            raise UserError(
+                f"loss became NaN or infinite by step {step + 1}; lower the learning rates "
+                "(checkpoints written before it are intact: --resume latest)"
+            )
+        if due_log:
             drift = concept_class_cosine(concept_features, class_features).mean().item()
-            record = {"step": step + 1, "mse": round(mse.item(), 6), "spl": round(spl.item(), 6),
-                      "prior": round(prior_loss.item(), 6), "cosine": round(drift, 6)}
+            record = {
+                "step": step + 1,
+                "mse": round(mse.item(), 6),
+                "spl": round(spl.item(), 6),
+                "prior": round(prior_loss.item(), 6),
+                "cosine": round(drift, 6),
+            }
             history.append(record)
             bar.set_postfix(mse=f"{record['mse']:.4f}", spl=f"{record['spl']:.4f}", cos=f"{drift:.3f}")
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
-        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+        if due_checkpoint:
             checkpoints.save(out, step + 1, unet, embeddings[token_id], optimizer, generator)
     bar.close()
 
@@ -277,13 +308,21 @@ def train(
     with torch.no_grad():
         final_cosine = concept_class_cosine(eos_features(text_encoder, concept_ids, eos_id), class_features).item()
     concept = Concept(
-        token=cfg.token, class_word=cfg.class_word, base=loading.base_identity(cfg.base), rank=cfg.rank,
-        alpha=cfg.alpha, spl_weight=cfg.spl_weight, steps=cfg.steps, seed=cfg.seed,
-        lora_targets=list(presets.preset_for(cfg.base).lora_targets), drift=round(final_cosine, 6),
-        prior_weight=cfg.prior_weight, metrics=history[-1] if history else {},
+        token=cfg.token,
+        class_word=cfg.class_word,
+        base=loading.base_identity(cfg.base),
+        rank=cfg.rank,
+        alpha=cfg.alpha,
+        spl_weight=cfg.spl_weight,
+        steps=cfg.steps,
+        seed=cfg.seed,
+        lora_targets=list(presets.preset_for(cfg.base).lora_targets),
+        drift=round(final_cosine, 6),
+        prior_weight=cfg.prior_weight,
+        metrics=history[-1] if history else {},
     )
     lora_state = get_peft_model_state_dict(unet)
     save_concept(out, concept, lora_state, embeddings[token_id])
-    write_text_atomic(out / "train_config.json", json.dumps({k: v for k, v in cfg.__dict__.items()}, indent=2) + "\n")
+    write_json_atomic(out / "train_config.json", asdict(cfg))
     say(f"wrote concept to {out} (token {cfg.token}, concept-class cosine {final_cosine:.3f})")
     return out

@@ -15,13 +15,16 @@ import time
 from pathlib import Path
 
 import torch
-from diffusers import AnimateDiffPipeline, MotionAdapter, StableDiffusionPipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cdvideo.shapes import models, scorer, world  # noqa: E402
+from cdvideo import loading  # noqa: E402
+from cdvideo.shapes import scorer, world  # noqa: E402
 
 CLASSES, COLOURS, ACCESSORIES, BACKGROUNDS = (
-    world.CLASSES, list(world.COLOURS), list(world.ACCESSORIES), list(world.BACKGROUNDS)
+    world.CLASSES,
+    list(world.COLOURS),
+    list(world.ACCESSORIES),
+    list(world.BACKGROUNDS),
 )
 
 
@@ -36,22 +39,24 @@ def image_prompts(n_seen: int, generator: torch.Generator) -> list[dict]:
         accessory = ACCESSORIES[int(torch.randint(4, (1,), generator=generator))]
         background = BACKGROUNDS[int(torch.randint(5, (1,), generator=generator))]
         if (cls, colour, accessory) not in held:
-            prompts.append({"kind": "seen", "cls": cls, "colour": colour, "accessory": accessory,
-                            "background": background})
+            prompts.append(
+                {"kind": "seen", "cls": cls, "colour": colour, "accessory": accessory, "background": background}
+            )
     for p in prompts:
-        p["prompt"] = world.caption(CLASSES.index(p["cls"]), COLOURS.index(p["colour"]),
-                                    ACCESSORIES.index(p["accessory"]), BACKGROUNDS.index(p["background"]))
+        p["prompt"] = world.caption(
+            CLASSES.index(p["cls"]),
+            COLOURS.index(p["colour"]),
+            ACCESSORIES.index(p["accessory"]),
+            BACKGROUNDS.index(p["background"]),
+        )
     return prompts
 
 
 def load_pipelines(device: str, dtype: torch.dtype):
-    image = StableDiffusionPipeline.from_pretrained(models.BASE_DIR, dtype=dtype).to(device)
+    """The same pipelines `cdvideo animate --base shapes` builds."""
+    image = loading.load_image_pipeline("shapes", dtype).pipe.to(device)
     image.set_progress_bar_config(disable=True)
-    adapter = MotionAdapter.from_pretrained(models.MOTION_DIR, dtype=dtype)
-    video = AnimateDiffPipeline(
-        vae=image.vae, text_encoder=image.text_encoder, tokenizer=image.tokenizer, unet=image.unet,
-        motion_adapter=adapter, scheduler=image.scheduler,
-    ).to(device)
+    video = loading.video_pipeline(image, loading.load_motion_adapter("shapes", dtype)).to(device)
     video.set_progress_bar_config(disable=True)
     return image, video
 
@@ -63,8 +68,16 @@ def eval_images(pipe, prompts, samples: int, guidance: float, steps: int, batch:
         for start in range(0, samples, batch):
             n = min(batch, samples - start)
             gen = torch.Generator(pipe.device).manual_seed(seed + start)
-            out = pipe(p["prompt"], num_images_per_prompt=n, guidance_scale=guidance, num_inference_steps=steps,
-                       generator=gen, output_type="np", height=64, width=64)
+            out = pipe(
+                p["prompt"],
+                num_images_per_prompt=n,
+                guidance_scale=guidance,
+                num_inference_steps=steps,
+                generator=gen,
+                output_type="np",
+                height=64,
+                width=64,
+            )
             frames.append(out.images)
         import numpy as np
 
@@ -88,18 +101,29 @@ def eval_motion(pipe, clips: int, guidance: float, steps: int, batch: int, seed:
         for start in range(0, clips, batch):
             n = min(batch, clips - start)
             scene = world.sample_scenes(n, gen_prompts)
-            prompts = [world.caption(int(scene.cls[i]), int(scene.colour[i]), 0, int(scene.background[i]), m)
-                       for i in range(n)]
+            prompts = [
+                world.caption(int(scene.cls[i]), int(scene.colour[i]), 0, int(scene.background[i]), m) for i in range(n)
+            ]
             gen = torch.Generator(pipe.device).manual_seed(seed + start)
-            out = pipe(prompts, num_frames=frames, guidance_scale=guidance, num_inference_steps=steps,
-                       generator=gen, output_type="pt", height=64, width=64)
+            out = pipe(
+                prompts,
+                num_frames=frames,
+                guidance_scale=guidance,
+                num_inference_steps=steps,
+                generator=gen,
+                output_type="pt",
+                height=64,
+                width=64,
+            )
             for i, video in enumerate(out.frames):
                 score = scorer.score_clip(video.float().cpu())
                 ok += score.motion == motion
                 kept.append(sum(f.cls == CLASSES[int(scene.cls[i])] for f in score.frames) / len(score.frames))
         rows.append({"motion": motion or "still", "direction_ok": ok / clips, "class_kept": sum(kept) / len(kept)})
-    summary = {"direction": sum(r["direction_ok"] for r in rows) / len(rows),
-               "class_kept": sum(r["class_kept"] for r in rows) / len(rows)}
+    summary = {
+        "direction": sum(r["direction_ok"] for r in rows) / len(rows),
+        "class_kept": sum(r["class_kept"] for r in rows) / len(rows),
+    }
     return {"summary": summary, "rows": rows}
 
 
@@ -127,8 +151,10 @@ def main() -> None:
     for guidance in args.guidance:
         guidance = guidance or preset.guidance
         start = time.time()
-        result = {"guidance": guidance, "images": eval_images(image, prompts, args.samples, guidance, steps,
-                                                              args.batch, args.seed)}
+        result = {
+            "guidance": guidance,
+            "images": eval_images(image, prompts, args.samples, guidance, steps, args.batch, args.seed),
+        }
         if not args.skip_motion:
             result["motion"] = eval_motion(video, args.clips, guidance, steps, max(1, args.batch // 16), args.seed)
         result["seconds"] = round(time.time() - start, 1)

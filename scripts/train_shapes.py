@@ -133,17 +133,33 @@ def train_vae(args, run_dir: Path, device) -> None:
         if step % 100 == 0:
             log(run_dir, phase="vae", step=step, loss=round(loss.item(), 5), kl=round(kl.item(), 3))
         if time.time() - last_save > args.checkpoint_minutes * 60:
-            save_checkpoint(ckpt, {"vae": vae}, {"step": step, "seconds": spent + time.time() - start, "opt": opt.state_dict()})
+            save_checkpoint(
+                ckpt, {"vae": vae}, {"step": step, "seconds": spent + time.time() - start, "opt": opt.state_dict()}
+            )
             last_save = time.time()
     # The latent scale SD expects: unit variance of scaled latents.
     with torch.no_grad():
         scene, _ = sample_batch(512, device, gen, with_subject=0.15)
         latents = vae.encode(world.render(scene) * 2 - 1).latent_dist.mean
     vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
-    save_checkpoint(ckpt, {"vae": vae}, {"step": step, "seconds": spent + time.time() - start, "opt": opt.state_dict(),
-                                         "scaling_factor": vae.config.scaling_factor})
-    log(run_dir, phase="vae", step=step, done=True, scaling_factor=vae.config.scaling_factor,
-        seconds=round(spent + time.time() - start))
+    save_checkpoint(
+        ckpt,
+        {"vae": vae},
+        {
+            "step": step,
+            "seconds": spent + time.time() - start,
+            "opt": opt.state_dict(),
+            "scaling_factor": vae.config.scaling_factor,
+        },
+    )
+    log(
+        run_dir,
+        phase="vae",
+        step=step,
+        done=True,
+        scaling_factor=vae.config.scaling_factor,
+        seconds=round(spent + time.time() - start),
+    )
 
 
 def load_vae(run_dir: Path, device):
@@ -186,8 +202,17 @@ def train_base(args, run_dir: Path, device) -> None:
     step, spent, start, last_save = state["step"], state["seconds"], time.time(), time.time()
 
     def checkpoint():
-        save_checkpoint(ckpt, modules, {"step": step, "seconds": spent + time.time() - start, "opt": opt.state_dict(),
-                                        "ema_unet": ema_unet.shadow, "ema_text": ema_text.shadow})
+        save_checkpoint(
+            ckpt,
+            modules,
+            {
+                "step": step,
+                "seconds": spent + time.time() - start,
+                "opt": opt.state_dict(),
+                "ema_unet": ema_unet.shadow,
+                "ema_text": ema_text.shadow,
+            },
+        )
 
     while time.time() - start < args.seconds:
         scene, motion = sample_batch(args.batch, device, gen)
@@ -210,7 +235,9 @@ def train_base(args, run_dir: Path, device) -> None:
         ema_text.update(step)
         step += 1
         if step % 100 == 0:
-            log(run_dir, phase="base", step=step, loss=round(loss.item(), 5), seconds=round(spent + time.time() - start))
+            log(
+                run_dir, phase="base", step=step, loss=round(loss.item(), 5), seconds=round(spent + time.time() - start)
+            )
         if time.time() - last_save > args.checkpoint_minutes * 60:
             checkpoint()
             last_save = time.time()
@@ -256,8 +283,11 @@ def train_motion(args, run_dir: Path, device) -> None:
         fresh = models.build_motion_adapter()
         prefix_map = _adapter_state(motion_unet)
         fresh.load_state_dict(prefix_map)
-        save_checkpoint(ckpt, {"motion_adapter": fresh}, {"step": step, "seconds": spent + time.time() - start,
-                                                          "opt": opt.state_dict()})
+        save_checkpoint(
+            ckpt,
+            {"motion_adapter": fresh},
+            {"step": step, "seconds": spent + time.time() - start, "opt": opt.state_dict()},
+        )
 
     while time.time() - start < args.seconds:
         scene = world.sample_scenes(clips, gen).to(device)
@@ -265,8 +295,13 @@ def train_motion(args, run_dir: Path, device) -> None:
         video = world.render_clip(scene, motion.to(device), FRAMES)  # (B, F, 3, H, W)
         latents = encode(vae, video.flatten(0, 1)).unflatten(0, (clips, FRAMES)).transpose(1, 2)
         captions = [
-            world.caption(int(scene.cls[i]), int(scene.colour[i]), int(scene.accessory[i]),
-                          int(scene.background[i]), int(motion[i]))
+            world.caption(
+                int(scene.cls[i]),
+                int(scene.colour[i]),
+                int(scene.accessory[i]),
+                int(scene.background[i]),
+                int(motion[i]),
+            )
             for i in range(clips)
         ]
         captions = ["" if torch.rand(1, generator=gen).item() < 0.1 else c for c in captions]
@@ -289,7 +324,13 @@ def train_motion(args, run_dir: Path, device) -> None:
         opt.step()
         step += 1
         if step % 50 == 0:
-            log(run_dir, phase="motion", step=step, loss=round(loss.item(), 5), seconds=round(spent + time.time() - start))
+            log(
+                run_dir,
+                phase="motion",
+                step=step,
+                loss=round(loss.item(), 5),
+                seconds=round(spent + time.time() - start),
+            )
         if time.time() - last_save > args.checkpoint_minutes * 60:
             checkpoint()
             last_save = time.time()
@@ -310,8 +351,13 @@ def export(args, run_dir: Path) -> None:
     tokenizer, text_encoder, unet = load_base(run_dir, "cpu")
     vae = load_vae(run_dir, "cpu")
     pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-        scheduler=models.sample_scheduler(), safety_checker=None, feature_extractor=None,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=models.sample_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
         requires_safety_checker=False,
     )
     # fp16 on disk keeps the package small; cdvideo loads it in the dtype it computes in.
@@ -339,19 +385,35 @@ def seed_run_from_shipped_weights(run_dir: Path) -> None:
     base = models.BASE_DIR
     if not (run_dir / "vae").exists():
         vae = AutoencoderKL.from_pretrained(base / "vae", dtype=torch.float32)
-        save_checkpoint(run_dir / "vae", {"vae": vae}, {"step": steps["vae"]["step"], "seconds": steps["vae"]["seconds"],
-                                                      "scaling_factor": vae.config.scaling_factor})
+        save_checkpoint(
+            run_dir / "vae",
+            {"vae": vae},
+            {
+                "step": steps["vae"]["step"],
+                "seconds": steps["vae"]["seconds"],
+                "scaling_factor": vae.config.scaling_factor,
+            },
+        )
     if not (run_dir / "base").exists():
         unet = UNet2DConditionModel.from_pretrained(base / "unet", dtype=torch.float32)
         text = CLIPTextModel.from_pretrained(base / "text_encoder", dtype=torch.float32)
-        save_checkpoint(run_dir / "base", {"unet": unet, "text_encoder": text},
-                        {"step": steps["base"]["step"], "seconds": steps["base"]["seconds"],
-                         "ema_unet": [p.detach().clone() for p in unet.parameters()],
-                         "ema_text": [p.detach().clone() for p in text.parameters()]})
+        save_checkpoint(
+            run_dir / "base",
+            {"unet": unet, "text_encoder": text},
+            {
+                "step": steps["base"]["step"],
+                "seconds": steps["base"]["seconds"],
+                "ema_unet": [p.detach().clone() for p in unet.parameters()],
+                "ema_text": [p.detach().clone() for p in text.parameters()],
+            },
+        )
     if not (run_dir / "motion").exists() and "motion" in steps:
         adapter = MotionAdapter.from_pretrained(models.MOTION_DIR, dtype=torch.float32)
-        save_checkpoint(run_dir / "motion", {"motion_adapter": adapter},
-                        {"step": steps["motion"]["step"], "seconds": steps["motion"]["seconds"]})
+        save_checkpoint(
+            run_dir / "motion",
+            {"motion_adapter": adapter},
+            {"step": steps["motion"]["step"], "seconds": steps["motion"]["seconds"]},
+        )
 
 
 def main() -> None:
@@ -364,8 +426,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint-minutes", type=float, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--init-from-weights", action="store_true",
-                        help="start from the weights shipped in the package when the run dir has no checkpoint")
+    parser.add_argument(
+        "--init-from-weights",
+        action="store_true",
+        help="start from the weights shipped in the package when the run dir has no checkpoint",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     args.batch = args.batch or (512 if device.type == "cuda" else 32)

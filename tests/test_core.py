@@ -21,8 +21,17 @@ from cdvideo.prompts import bind_prompt
 
 
 def train_tiny(base: Path, photos: Path, out: Path, **overrides) -> Path:
-    values = {"images": [str(photos)], "class_word": "dog", "base": str(base), "output": str(out),
-              "steps": 6, "resolution": 64, "batch_size": 2, "seed": 0, **overrides}
+    values = {
+        "images": [str(photos)],
+        "class_word": "dog",
+        "base": str(base),
+        "output": str(out),
+        "steps": 6,
+        "resolution": 64,
+        "batch_size": 2,
+        "seed": 0,
+        **overrides,
+    }
     return cdvideo.train(cdvideo.TrainConfig(**values), say=lambda s: None, progress=False)
 
 
@@ -43,8 +52,9 @@ def test_pooling_trap_eos_features_use_the_real_eos(tiny_base):
     assert text_encoder.config.eos_token_id == 2  # as in SD1.5's config
     tokenizer.add_tokens(["<new1>"])
     text_encoder.resize_token_embeddings(len(tokenizer))
-    ids = tokenizer(["a photo of a <new1> dog", "a photo of a dog"], padding="max_length", max_length=77,
-                    return_tensors="pt").input_ids
+    ids = tokenizer(
+        ["a photo of a <new1> dog", "a photo of a dog"], padding="max_length", max_length=77, return_tensors="pt"
+    ).input_ids
     added = tokenizer.convert_tokens_to_ids("<new1>")
     eos = eos_positions(ids, tokenizer.eos_token_id)
     assert ids[0, eos[0]] == tokenizer.eos_token_id and ids[0, eos[0] - 1] != tokenizer.eos_token_id
@@ -63,8 +73,11 @@ def test_gradients_reach_only_lora_and_the_token_row(tiny_base, dog_photos, tmp_
 
     def check(models):
         token_id = models["token_id"]
-        for name, module in (("unet", models["unet"]), ("text_encoder", models["text_encoder"]),
-                             ("vae", models["vae"])):
+        for name, module in (
+            ("unet", models["unet"]),
+            ("text_encoder", models["text_encoder"]),
+            ("vae", models["vae"]),
+        ):
             for pname, param in module.named_parameters():
                 if param.grad is None:
                     continue
@@ -79,9 +92,18 @@ def test_gradients_reach_only_lora_and_the_token_row(tiny_base, dog_photos, tmp_
         seen.append(True)
 
     cdvideo.train(
-        cdvideo.TrainConfig(images=[str(dog_photos)], class_word="dog", base=str(tiny_base),
-                            output=str(tmp_path / "c"), steps=2, resolution=64, batch_size=2),
-        say=lambda s: None, progress=False, after_backward=check,
+        cdvideo.TrainConfig(
+            images=[str(dog_photos)],
+            class_word="dog",
+            base=str(tiny_base),
+            output=str(tmp_path / "c"),
+            steps=2,
+            resolution=64,
+            batch_size=2,
+        ),
+        say=lambda s: None,
+        progress=False,
+        after_backward=check,
     )
     assert len(seen) == 2
 
@@ -101,8 +123,18 @@ def test_concept_folder_contract(concept_dir, tiny_base):
     from safetensors import safe_open
 
     manifest = json.loads((concept_dir / "cdvideo.json").read_text())
-    for key in ("format_version", "token", "class_word", "base", "rank", "alpha", "spl_weight", "steps", "seed",
-                "drift"):
+    for key in (
+        "format_version",
+        "token",
+        "class_word",
+        "base",
+        "rank",
+        "alpha",
+        "spl_weight",
+        "steps",
+        "seed",
+        "drift",
+    ):
         assert key in manifest
     assert manifest["base"] == str(tiny_base.resolve()) and manifest["rank"] == 4 and manifest["alpha"] == 8.0
     with safe_open(concept_dir / "pytorch_lora_weights.safetensors", "pt") as f:
@@ -142,16 +174,52 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-def test_animate_with_and_without_concept_writes_decodable_videos(concept_dir, tiny_base, tiny_adapter, tmp_path,
-                                                                   capsys):
-    common = ["--motion-adapter", str(tiny_adapter), "--frames", "8", "--width", "64", "--height", "64",
-              "--steps", "2", "--seed", "3", "--fps", "8"]
-    code, out, err = run_cli(["animate", "a dog wearing headphones running", "--concept", str(concept_dir),
-                              "--output", str(tmp_path / "with"), *common], capsys)
+def test_animate_with_and_without_concept_writes_decodable_videos(
+    concept_dir, tiny_base, tiny_adapter, tmp_path, capsys
+):
+    common = [
+        "--motion-adapter",
+        str(tiny_adapter),
+        "--frames",
+        "8",
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--steps",
+        "2",
+        "--seed",
+        "3",
+        "--fps",
+        "8",
+    ]
+    code, out, err = run_cli(
+        [
+            "animate",
+            "a dog wearing headphones running",
+            "--concept",
+            str(concept_dir),
+            "--output",
+            str(tmp_path / "with"),
+            *common,
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "a <new1> dog wearing headphones running" in out
-    code, out, err = run_cli(["animate", "a dog wearing headphones running", "--no-concept", "--base",
-                              str(tiny_base), "--output", str(tmp_path / "without"), *common], capsys)
+    code, out, err = run_cli(
+        [
+            "animate",
+            "a dog wearing headphones running",
+            "--no-concept",
+            "--base",
+            str(tiny_base),
+            "--output",
+            str(tmp_path / "without"),
+            *common,
+        ],
+        capsys,
+    )
     assert code == 0, err
     stem = "a-dog-wearing-headphones-running-3"
     with_mp4, without_mp4 = tmp_path / "with" / f"{stem}.mp4", tmp_path / "without" / f"{stem}.mp4"
@@ -185,24 +253,50 @@ def test_bind_prompt():
     "args, message",
     [
         (["train", "{empty}", "--class-word", "dog", "--base", "{base}"], "no usable photos"),
-        (["train", "{photos}", "--class-word", "dog", "--base", "{base}", "--token", "dog", "--output", "{tmp}/x",
-          "--resolution", "64", "--steps", "1"],
-         "already in the tokenizer's vocabulary"),
+        (
+            [
+                "train",
+                "{photos}",
+                "--class-word",
+                "dog",
+                "--base",
+                "{base}",
+                "--token",
+                "dog",
+                "--output",
+                "{tmp}/x",
+                "--resolution",
+                "64",
+                "--steps",
+                "1",
+            ],
+            "already in the tokenizer's vocabulary",
+        ),
         (["train", "{photos}", "--class-word", "dog", "--base", "{base}", "--steps", "0"], "--steps must be positive"),
-        (["train", "{photos}", "--class-word", "dog", "--base", "{base}", "--output", "{file}/sub", "--steps", "1"],
-         "cannot write"),
+        (
+            ["train", "{photos}", "--class-word", "dog", "--base", "{base}", "--output", "{file}/sub", "--steps", "1"],
+            "cannot write",
+        ),
         (["animate", "a dog", "--concept", "{concept}", "--base", "{tmp}/other-base"], "concept was trained on base"),
         (["animate", "a dog", "--concept", "{tmp}/missing"], "does not exist"),
         (["animate", "a dog", "--no-concept", "--base", "{base}", "--width", "60"], "multiples of 8"),
-        (["animate", "a dog", "--no-concept", "--base", "{base}", "--precision", "fp16", "--device", "cpu"],
-         "not supported on the CPU"),
+        (
+            ["animate", "a dog", "--no-concept", "--base", "{base}", "--precision", "fp16", "--device", "cpu"],
+            "not supported on the CPU",
+        ),
     ],
 )
 def test_bad_input_gets_one_clear_line(args, message, tiny_base, dog_photos, concept_dir, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     (tmp_path / "file").write_text("x")
-    values = {"empty": tmp_path / "empty", "base": tiny_base, "photos": dog_photos, "tmp": tmp_path,
-              "file": tmp_path / "file", "concept": concept_dir}
+    values = {
+        "empty": tmp_path / "empty",
+        "base": tiny_base,
+        "photos": dog_photos,
+        "tmp": tmp_path,
+        "file": tmp_path / "file",
+        "concept": concept_dir,
+    }
     code, out, err = run_cli([a.format(**values) for a in args], capsys)
     assert code == 2
     lines = err.strip().splitlines()
@@ -211,15 +305,93 @@ def test_bad_input_gets_one_clear_line(args, message, tiny_base, dog_photos, con
 
 
 def test_frames_beyond_the_adapter_limit_are_refused(tiny_base, tiny_adapter, tmp_path, capsys):
-    code, _, err = run_cli(["animate", "a dog", "--no-concept", "--base", str(tiny_base), "--motion-adapter",
-                            str(tiny_adapter), "--frames", "40", "--width", "64", "--height", "64",
-                            "--output", str(tmp_path)], capsys)
+    code, _, err = run_cli(
+        [
+            "animate",
+            "a dog",
+            "--no-concept",
+            "--base",
+            str(tiny_base),
+            "--motion-adapter",
+            str(tiny_adapter),
+            "--frames",
+            "40",
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "--output",
+            str(tmp_path),
+        ],
+        capsys,
+    )
     assert code == 2 and "motion adapter's 16" in err
 
 
 def test_prompt_without_the_class_word_is_warned(concept_dir, tiny_adapter, tmp_path, capsys):
-    code, out, err = run_cli(["animate", "a cat on the beach", "--concept", str(concept_dir), "--motion-adapter",
-                              str(tiny_adapter), "--frames", "4", "--width", "64", "--height", "64", "--steps", "1",
-                              "--output", str(tmp_path)], capsys)
+    code, out, err = run_cli(
+        [
+            "animate",
+            "a cat on the beach",
+            "--concept",
+            str(concept_dir),
+            "--motion-adapter",
+            str(tiny_adapter),
+            "--frames",
+            "4",
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "--steps",
+            "1",
+            "--output",
+            str(tmp_path),
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "will not appear" in out
+
+
+def test_prior_preservation_with_generated_class_images_and_spl(tiny_base, dog_photos, tmp_path):
+    folder = train_tiny(
+        tiny_base, dog_photos, tmp_path / "prior", prior_weight=1.0, num_class_images=2, spl_weight=1.0, steps=3
+    )
+    assert len(list((folder / "class-images").glob("*.png"))) == 2  # made by the base model itself
+    rows = metrics(folder)
+    assert all(r["prior"] > 0 for r in rows) and all(r["spl"] >= 0 for r in rows)
+    assert concepts.load_concept(folder).prior_weight == 1.0
+
+
+def test_prompt_file_renders_every_prompt_and_seed(concept_dir, tiny_adapter, tmp_path, capsys):
+    prompt_file = tmp_path / "prompts.yaml"
+    prompt_file.write_text(
+        "prompts:\n  - a dog running\n  - a dog on the beach\nseeds: [1, 2]\nsteps: 1\n"
+        "frames: 4\nwidth: 64\nheight: 64\n"
+    )
+    code, out, err = run_cli(
+        [
+            "animate",
+            "--prompt-file",
+            str(prompt_file),
+            "--concept",
+            str(concept_dir),
+            "--motion-adapter",
+            str(tiny_adapter),
+            "--output",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "o").glob("*.mp4")) == [
+        "a-dog-on-the-beach-1.mp4",
+        "a-dog-on-the-beach-2.mp4",
+        "a-dog-running-1.mp4",
+        "a-dog-running-2.mp4",
+    ]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("prompts: [a dog]\nwarp_speed: 9\n")
+    code, _, err = run_cli(["animate", "--prompt-file", str(bad), "--concept", str(concept_dir)], capsys)
+    assert code == 2 and "warp_speed" in err

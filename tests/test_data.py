@@ -19,9 +19,7 @@ from cdvideo.errors import UserError
 RES = 64
 
 
-def _photo(
-    path: Path, color: tuple[int, int, int], size: tuple[int, int] = (96, 96)
-) -> Path:
+def _photo(path: Path, color: tuple[int, int, int], size: tuple[int, int] = (96, 96)) -> Path:
     """Write a distinct RGB photo (solid colour plus a faint ramp, so files never collide)."""
     w, h = size
     arr = np.empty((h, w, 3), dtype=np.uint8)
@@ -95,9 +93,7 @@ def test_files_and_folders_can_be_mixed(tmp_path: Path) -> None:
 
 def test_corrupt_jpeg_is_skipped(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
-    (tmp_path / "bad.jpg").write_bytes(
-        rng.integers(0, 256, 4000, dtype=np.uint8).tobytes()
-    )
+    (tmp_path / "bad.jpg").write_bytes(rng.integers(0, 256, 4000, dtype=np.uint8).tobytes())
     _photo(tmp_path / "good.jpg", (100, 100, 100))
 
     photos = load_photos([tmp_path], RES)
@@ -267,9 +263,7 @@ def test_huge_jpeg_loads_with_bounded_memory(tmp_path: Path) -> None:
 
     photos = load_photos([path], RES)
 
-    grown_mb = (
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before_kb
-    ) / 1024
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before_kb) / 1024
     [img] = photos.images
     assert img.size == (RES, RES)
     assert _near(_mean(img, (0, 0, RES, RES)), (30, 120, 200), tol=6)
@@ -277,9 +271,7 @@ def test_huge_jpeg_loads_with_bounded_memory(tmp_path: Path) -> None:
     assert grown_mb < 100
 
 
-def test_over_pixel_limit_is_skipped(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_over_pixel_limit_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(data, "MAX_PIXELS", 100 * 100)
     _photo(tmp_path / "big.png", (1, 1, 1), size=(200, 120))
     _photo(tmp_path / "ok.png", (2, 2, 2), size=(96, 96))
@@ -316,9 +308,7 @@ def test_too_many_photos_is_user_error(tmp_path: Path) -> None:
 
 def test_heic_gets_a_specific_hint(tmp_path: Path) -> None:
     (tmp_path / "IMG_0001.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic")
-    with pytest.raises(
-        UserError, match=r"IMG_0001\.HEIC unsupported format HEIC \(convert to JPEG"
-    ):
+    with pytest.raises(UserError, match=r"IMG_0001\.HEIC unsupported format HEIC \(convert to JPEG"):
         load_photos([tmp_path], RES)
 
 
@@ -349,8 +339,6 @@ def test_photos_to_tensor_shape_range_and_flip() -> None:
 
 def test_photos_to_tensor_rejects_mismatched_sizes() -> None:
     with pytest.raises(ValueError):
-        photos_to_tensor(
-            [Image.new("RGB", (8, 8)), Image.new("RGB", (4, 4))], flip=False
-        )
+        photos_to_tensor([Image.new("RGB", (8, 8)), Image.new("RGB", (4, 4))], flip=False)
     with pytest.raises(ValueError):
         photos_to_tensor([], flip=True)

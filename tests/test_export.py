@@ -72,9 +72,7 @@ def clip() -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def written(
-    clip: np.ndarray, tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, Path]:
+def written(clip: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("videos")
     return write_video(clip, out, "clip", fps=8)
 
@@ -88,9 +86,7 @@ def _pil_frames(path: Path) -> np.ndarray:
     return np.stack(frames)
 
 
-def _check_close(
-    decoded: np.ndarray, ref: np.ndarray, mean_tol: float, frame_tol: float
-) -> None:
+def _check_close(decoded: np.ndarray, ref: np.ndarray, mean_tol: float, frame_tol: float) -> None:
     assert decoded.shape == ref.shape and decoded.dtype == np.uint8
     err = np.abs(decoded.astype(np.int16) - ref.astype(np.int16))
     assert err.mean() < mean_tol
@@ -109,9 +105,7 @@ def test_write_video_outputs_and_no_temp_files(written: dict[str, Path]) -> None
     assert all(p.stat().st_size > 0 for p in written.values())
 
 
-def test_mp4_roundtrip_decord_and_imageio(
-    written: dict[str, Path], clip: np.ndarray
-) -> None:
+def test_mp4_roundtrip_decord_and_imageio(written: dict[str, Path], clip: np.ndarray) -> None:
     path = written["mp4"]
     assert video_info(path) == {"frames": F, "width": W, "height": H, "fps": 8.0}
     ref = to_uint8_frames(clip)
@@ -123,9 +117,7 @@ def test_mp4_roundtrip_decord_and_imageio(
     assert np.abs(by_decord.astype(int) - by_imageio.astype(int)).max() <= 2
 
 
-def test_gif_roundtrip_pil_and_imageio(
-    written: dict[str, Path], clip: np.ndarray
-) -> None:
+def test_gif_roundtrip_pil_and_imageio(written: dict[str, Path], clip: np.ndarray) -> None:
     path = written["gif"]
     assert video_info(path) == {"frames": F, "width": W, "height": H, "fps": 8.0}
     with Image.open(path) as im:
@@ -152,9 +144,7 @@ def test_odd_size_is_padded_for_mp4(tmp_path: Path) -> None:
     err = np.abs(decoded[:, :65, :63].astype(int) - ref.astype(int))
     assert err.mean() < MP4_MEAN_TOL
     # Padding replicates the edge instead of adding a black border.
-    assert (
-        np.abs(decoded[:, :, 63].astype(int) - decoded[:, :, 62].astype(int)).mean() < 4
-    )
+    assert np.abs(decoded[:, :, 63].astype(int) - decoded[:, :, 62].astype(int)).mean() < 4
     assert decoded[:, 65].mean() > 40
     # GIF has no even-size constraint: kept as is.
     assert video_info(write_gif(frames, tmp_path / "odd.gif"))["width"] == 63
@@ -181,7 +171,7 @@ def test_input_types_agree(clip: np.ndarray) -> None:
         t.permute(0, 3, 1, 2)[None],  # batch of one
         clip[None],
         [Image.fromarray(f) for f in ref],
-        [f for f in t.permute(0, 3, 1, 2)],
+        list(t.permute(0, 3, 1, 2)),
     ]
     for frames in same:
         np.testing.assert_array_equal(to_uint8_frames(frames), ref)
@@ -237,23 +227,15 @@ def _failing_frames(clip: np.ndarray, n_ok: int):
     raise RuntimeError("generator died")
 
 
-@pytest.mark.parametrize(
-    "writer,name", [(write_mp4, "out.mp4"), (write_gif, "out.gif")]
-)
-def test_failure_mid_write_leaves_nothing(
-    tmp_path: Path, clip: np.ndarray, writer, name
-) -> None:
+@pytest.mark.parametrize("writer,name", [(write_mp4, "out.mp4"), (write_gif, "out.gif")])
+def test_failure_mid_write_leaves_nothing(tmp_path: Path, clip: np.ndarray, writer, name) -> None:
     with pytest.raises(RuntimeError, match="generator died"):
         writer(_failing_frames(clip, 5), tmp_path / name)
     assert list(tmp_path.iterdir()) == []  # neither final file nor temp
 
 
-@pytest.mark.parametrize(
-    "writer,name", [(write_mp4, "out.mp4"), (write_gif, "out.gif")]
-)
-def test_failure_keeps_previous_file(
-    tmp_path: Path, clip: np.ndarray, writer, name
-) -> None:
+@pytest.mark.parametrize("writer,name", [(write_mp4, "out.mp4"), (write_gif, "out.gif")])
+def test_failure_keeps_previous_file(tmp_path: Path, clip: np.ndarray, writer, name) -> None:
     final = tmp_path / name
     final.write_bytes(b"previous good video")
     with pytest.raises(RuntimeError, match="generator died"):
@@ -272,9 +254,7 @@ def test_mismatched_frame_mid_stream(tmp_path: Path, clip: np.ndarray) -> None:
 def test_atomic_path_temp_name_and_cleanup(tmp_path: Path) -> None:
     final = tmp_path / "clip.mp4"
     with atomic_path(final) as tmp:
-        assert (
-            tmp.parent == tmp_path and tmp.name.startswith(".") and tmp.suffix == ".mp4"
-        )
+        assert tmp.parent == tmp_path and tmp.name.startswith(".") and tmp.suffix == ".mp4"
         assert tmp.exists() and not final.exists()
         tmp.write_bytes(b"new")
     assert final.read_bytes() == b"new" and os.listdir(tmp_path) == ["clip.mp4"]
@@ -314,9 +294,7 @@ def test_unwritable_path_under_a_file(tmp_path: Path, clip: np.ndarray) -> None:
     # Works even as root, where permission bits do not stop writes.
     (tmp_path / "afile").write_text("not a dir")
     for target in (tmp_path / "afile" / "sub", tmp_path / "afile"):
-        with pytest.raises(
-            UserError, match=r"cannot write to .*choose another --output"
-        ):
+        with pytest.raises(UserError, match=r"cannot write to .*choose another --output"):
             ensure_writable_dir(target)
     with pytest.raises(UserError, match="choose another --output"):
         write_json_atomic(tmp_path / "afile" / "x.json", {})
@@ -330,9 +308,7 @@ def test_read_only_dir(tmp_path: Path) -> None:
     ro.mkdir()
     ro.chmod(0o500)
     try:
-        with pytest.raises(
-            UserError, match=r"cannot write to .*ro.*choose another --output"
-        ):
+        with pytest.raises(UserError, match=r"cannot write to .*ro.*choose another --output"):
             ensure_writable_dir(ro)
         with pytest.raises(UserError):
             write_bytes_atomic(ro / "x.bin", b"x")
@@ -374,9 +350,7 @@ def test_slugify_fuzz(prompt: str, seed_a: int, seed_b: int) -> None:
     assert video_stem(prompt, seed_a).startswith(slug + "-")
 
 
-def test_write_video_validates_stem_and_formats(
-    tmp_path: Path, clip: np.ndarray
-) -> None:
+def test_write_video_validates_stem_and_formats(tmp_path: Path, clip: np.ndarray) -> None:
     for stem in ("", "..", "a/b", "a\\b"):
         with pytest.raises(ValueError, match="stem"):
             write_video(clip[:2], tmp_path, stem)

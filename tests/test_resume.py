@@ -15,12 +15,34 @@ from cdvideo.cli import main as cli_main
 
 
 def concept_tensors(folder: Path) -> dict:
-    return {**load_file(folder / "pytorch_lora_weights.safetensors"), **load_file(folder / "learned_embeds.safetensors")}
+    return {
+        **load_file(folder / "pytorch_lora_weights.safetensors"),
+        **load_file(folder / "learned_embeds.safetensors"),
+    }
 
 
 def train_args(base: Path, photos: Path, out: Path, *extra: str) -> list[str]:
-    return ["train", str(photos), "--class-word", "dog", "--base", str(base), "--output", str(out), "--steps", "8",
-            "--resolution", "64", "--batch-size", "2", "--seed", "5", "--checkpoint-every", "4", *extra]
+    return [
+        "train",
+        str(photos),
+        "--class-word",
+        "dog",
+        "--base",
+        str(base),
+        "--output",
+        str(out),
+        "--steps",
+        "8",
+        "--resolution",
+        "64",
+        "--batch-size",
+        "2",
+        "--seed",
+        "5",
+        "--checkpoint-every",
+        "4",
+        *extra,
+    ]
 
 
 def test_killed_run_resumes_to_the_same_concept(tiny_base, dog_photos, tmp_path):

@@ -189,9 +189,7 @@ def _templates() -> torch.Tensor:
     """
     cls, radius, oy, ox = (
         t.flatten()
-        for t in torch.meshgrid(
-            torch.arange(len(world.CLASSES)).float(), _RADII, _OFFSETS_Y, _OFFSETS_X, indexing="ij"
-        )
+        for t in torch.meshgrid(torch.arange(len(world.CLASSES)).float(), _RADII, _OFFSETS_Y, _OFFSETS_X, indexing="ij")
     )
     zeros = torch.zeros(len(cls), dtype=torch.long)
     scene = world.Scene(
@@ -379,9 +377,7 @@ def score_clip(frames: torch.Tensor | np.ndarray, expected_cls: str | None = Non
     return _clip_from_frames(score_frames(frames), expected_cls)
 
 
-def score_clips(
-    clips: torch.Tensor | np.ndarray, expected_cls: Sequence[str | None] | None = None
-) -> list[ClipScore]:
+def score_clips(clips: torch.Tensor | np.ndarray, expected_cls: Sequence[str | None] | None = None) -> list[ClipScore]:
     """Score a batch of clips (N, F, 3, H, W) or (N, F, H, W, 3) with one batched pass over frames."""
     n, f = clips.shape[:2]
     flat = clips.reshape(n * f, *clips.shape[2:])

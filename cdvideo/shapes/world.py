@@ -79,9 +79,7 @@ def _held_out_mask(cls: torch.Tensor, colour: torch.Tensor, accessory: torch.Ten
     names_c, names_col, names_acc = list(CLASSES), list(COLOURS), list(ACCESSORIES)
     mask = torch.zeros_like(cls, dtype=torch.bool)
     for c, col, acc in HELD_OUT:
-        mask |= (cls == names_c.index(c)) & (colour == names_col.index(col)) & (
-            accessory == names_acc.index(acc)
-        )
+        mask |= (cls == names_c.index(c)) & (colour == names_col.index(col)) & (accessory == names_acc.index(acc))
     return mask
 
 
@@ -178,8 +176,10 @@ def render(scene: Scene) -> torch.Tensor:
 
     def paint(img: torch.Tensor, cover: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
         cover = cover[:, None]
-        return img * (1 - cover) + colour[:, :, None, None] * cover if colour.dim() == 2 else (
-            img * (1 - cover) + colour * cover
+        return (
+            img * (1 - cover) + colour[:, :, None, None] * cover
+            if colour.dim() == 2
+            else (img * (1 - cover) + colour * cover)
         )
 
     colours = _palette(COLOURS).to(device)
