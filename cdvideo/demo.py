@@ -72,8 +72,8 @@ def demo(output: str = "cdvideo-demo", seed: int = 0, say: Callable[[str], None]
     say("")
     say(f"scorecard for '{PROMPT}' (seed {seed}):")
     keys = list(cards["with concept"])
-    say(f"  {'':26}{'with concept':>16}{'without':>16}")
+    say(f"  {'':26}{'with concept':>22}{'without':>22}")
     for key in keys:
-        say(f"  {key:26}{str(cards['with concept'][key]):>16}{str(cards['without concept'][key]):>16}")
-    say(f"  {'concept-class cosine':26}{drift:>16.3f}")
+        say(f"  {key:26}{str(cards['with concept'][key]):>22}{str(cards['without concept'][key]):>22}")
+    say(f"  {'concept-class cosine':26}{drift:>22.3f}")
     return {"cards": cards, "drift": drift, "videos": [with_concept.files, without.files]}
