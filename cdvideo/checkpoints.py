@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import shutil
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import torch
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from cdvideo.errors import UserError
@@ -64,10 +66,18 @@ def resume(out: Path, which: str, unet, embeddings: torch.nn.Parameter, token_id
         path = Path(which)
         if not (path / "state.pt").exists():
             raise UserError(f"checkpoint {path} not found; use --resume latest or a folder under {out / FOLDER}")
-    state = torch.load(path / "state.pt", weights_only=True)
-    set_peft_model_state_dict(unet, load_file(path / "lora.safetensors"))
+    try:
+        # weights_only: a checkpoint folder may come from anywhere; never execute a pickle.
+        state = torch.load(path / "state.pt", weights_only=True)
+        lora = load_file(path / "lora.safetensors")
+        token_row = load_file(path / "token.safetensors")["token_row"]
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, KeyError, SafetensorError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"checkpoint {path} is damaged or not a cdvideo checkpoint ({first[:160]}); "
+                        "resume from another one or start fresh") from err
+    set_peft_model_state_dict(unet, lora)
     with torch.no_grad():
-        embeddings[token_id] = load_file(path / "token.safetensors")["token_row"].to(embeddings.device)
+        embeddings[token_id] = token_row.to(embeddings.device)
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["torch_rng"])
     return TrainState(step=int(state["step"]), generator_state=state["generator"])

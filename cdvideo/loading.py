@@ -59,7 +59,8 @@ def pick_dtype(device: torch.device, precision: str | None) -> torch.dtype:
 
 def _load_errors(what: str, name: str, err: Exception) -> UserError:
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return UserError(f"could not load {what} '{name}': {first[:300]}")
+    hint = "check the name and network, or give a local folder ('shapes' works offline)"
+    return UserError(f"could not load {what} '{name}' ({hint}): {first[:240]}")
 
 
 @dataclass

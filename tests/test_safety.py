@@ -38,7 +38,9 @@ def test_checkpoint_state_is_loaded_weights_only(tiny_base, dog_photos, tmp_path
     marker = tmp_path / "pwned"
     state = tmp_path / "c" / "checkpoints" / "step-000001" / "state.pt"
     state.write_bytes(pickle.dumps(_Payload(marker)))
-    assert cli_main([*args, "--resume", str(state.parent)]) != 0
+    capsys.readouterr()
+    assert cli_main([*args, "--resume", str(state.parent)]) == 2
+    assert "damaged or not a cdvideo checkpoint" in capsys.readouterr().err
     assert not marker.exists()
 
 
