@@ -176,15 +176,13 @@ def worker_reference(args) -> dict:
     import torch
     import torch.nn.functional as F
     from diffusers import DDPMScheduler
-    from peft import LoraConfig
 
-    from cdvideo import data, loading, presets
+    from cdvideo import data, loading
     from cdvideo.loss import at_eos, eos_features, semantic_preservation_loss
     from cdvideo.prompts import add_token
-    from cdvideo.training import _diffusion_target, _tokenize, seed_everything
+    from cdvideo.training import _diffusion_target, _tokenize, make_trainable, seed_everything
 
     cfg = _train_config(args)
-    preset = presets.preset_for(cfg.base)
     device = loading.pick_device(cfg.device)
     photos = data.load_photos(cfg.images, cfg.resolution)
     seed_everything(cfg.seed)
@@ -194,25 +192,7 @@ def worker_reference(args) -> dict:
     token_id, _ = add_token(tokenizer, text_encoder, cfg.token, cfg.class_word)
 
     # Same trainables and optimizer as cdvideo.training.train.
-    for module in (vae, text_encoder, unet):
-        module.requires_grad_(False)
-    unet.add_adapter(
-        LoraConfig(
-            r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian", target_modules=list(preset.lora_targets)
-        )
-    )
-    lora_params = [p for p in unet.parameters() if p.requires_grad]
-    embeddings = text_encoder.get_input_embeddings().weight
-    embeddings.requires_grad_(True)
-    row_mask = torch.zeros(len(embeddings), 1, device=device)
-    row_mask[token_id] = 1.0
-    embeddings.register_hook(lambda grad: grad * row_mask)
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": lora_params, "lr": cfg.lora_lr, "weight_decay": 1e-2},
-            {"params": [embeddings], "lr": cfg.token_lr, "weight_decay": 0.0},
-        ]
-    )
+    embeddings, optimizer = make_trainable(cfg, unet, text_encoder, vae, token_id)
 
     # The "dataset": the same photos (and flips) as tensors; DreamBooth would decode and transform
     # them in its DataLoader every step, which is left out here.

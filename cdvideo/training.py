@@ -145,6 +145,34 @@ def _generate_class_images(
             image.save(tmp)
 
 
+def make_trainable(cfg: TrainConfig, unet, text_encoder, vae, token_id: int):
+    """Freeze everything but a UNet LoRA and one embedding row; returns (embeddings, optimizer)."""
+    for module in (vae, text_encoder, unet):
+        module.requires_grad_(False)
+    unet.add_adapter(
+        LoraConfig(
+            r=cfg.rank,
+            lora_alpha=cfg.alpha,
+            init_lora_weights="gaussian",
+            target_modules=list(presets.preset_for(cfg.base).lora_targets),
+        )
+    )
+    lora_params = [p for p in unet.parameters() if p.requires_grad]
+    embeddings = text_encoder.get_input_embeddings().weight
+    embeddings.requires_grad_(True)
+    row_mask = torch.zeros(len(embeddings), 1, device=embeddings.device)
+    row_mask[token_id] = 1.0
+    embeddings.register_hook(lambda grad: grad * row_mask)
+    # Zero decay on the embedding group: AdamW's decay would move the masked rows too.
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": lora_params, "lr": cfg.lora_lr, "weight_decay": 1e-2},
+            {"params": [embeddings], "lr": cfg.token_lr, "weight_decay": 0.0},
+        ]
+    )
+    return embeddings, optimizer
+
+
 def train(
     cfg: TrainConfig,
     say: Callable[[str], None] = print,
@@ -194,30 +222,7 @@ def train(
     for note in notes:
         say(f"note: {note}")
 
-    # Everything frozen but the LoRA and one embedding row.
-    for module in (vae, text_encoder, unet):
-        module.requires_grad_(False)
-    unet.add_adapter(
-        LoraConfig(
-            r=cfg.rank,
-            lora_alpha=cfg.alpha,
-            init_lora_weights="gaussian",
-            target_modules=list(presets.preset_for(cfg.base).lora_targets),
-        )
-    )
-    lora_params = [p for p in unet.parameters() if p.requires_grad]
-    embeddings = text_encoder.get_input_embeddings().weight
-    embeddings.requires_grad_(True)
-    row_mask = torch.zeros(len(embeddings), 1, device=device)
-    row_mask[token_id] = 1.0
-    embeddings.register_hook(lambda grad: grad * row_mask)
-    # Zero decay on the embedding group: AdamW's decay would move the masked rows too.
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": lora_params, "lr": cfg.lora_lr, "weight_decay": 1e-2},
-            {"params": [embeddings], "lr": cfg.token_lr, "weight_decay": 0.0},
-        ]
-    )
+    embeddings, optimizer = make_trainable(cfg, unet, text_encoder, vae, token_id)
     original_rows = embeddings.detach().clone()
 
     # Precompute what never changes: photo latents (with flips) and the class phrase's features.
