@@ -186,7 +186,7 @@ def worker_reference(args) -> dict:
     device = loading.pick_device(cfg.device)
     photos = data.load_photos(cfg.images, cfg.resolution)
     seed_everything(cfg.seed)
-    pipe = loading.load_image_pipeline(cfg.base, torch.float32, config=cfg.base_config).pipe.to(device)
+    pipe = loading.load_image_pipeline(cfg.base, torch.float32, config=cfg.base_config).to(device)
     tokenizer, text_encoder, vae, unet = pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     token_id, _ = add_token(tokenizer, text_encoder, cfg.token, cfg.class_word)
@@ -281,33 +281,15 @@ def build_sd15_random(folder: Path) -> Path:
     return folder
 
 
-def write_photos(folder: Path, size: int, count: int = 5) -> Path:
-    """A few 'photos' of one subject: an orange blob with a dark ear at varied places."""
-    import numpy as np
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    s = max(size, 64)
-    for i in range(count):
-        image = np.full((s, s, 3), 235, np.uint8)
-        x, y = rng.integers(s // 4, 3 * s // 4, size=2)
-        w, h = s // 5, s // 6
-        image[y - h : y + h, x - w : x + w] = (220, 120, 40)
-        image[y - h - s // 20 : y - h + s // 40, x - w : x - w + s // 10] = (60, 40, 20)
-        Image.fromarray(image).save(folder / f"subject-{i}.png")
-    return folder
-
-
 def worker_build(args) -> dict:
     work = Path(args.output)
-    photos = write_photos(work / "photos", args.resolution)
+    sys.path.insert(0, str(REPO / "tests"))
+    from conftest import build_tiny_base, write_dog_photos
+
+    photos = write_dog_photos(work / "photos", args.resolution)
     if args.model == "shapes":
         base = "shapes"
     elif args.model == "tiny-sd":
-        sys.path.insert(0, str(REPO / "tests"))
-        from conftest import build_tiny_base
-
         base = str(build_tiny_base(work / "tiny-sd"))
     else:
         base = str(build_sd15_random(work / "sd15-random"))

@@ -73,8 +73,10 @@ def resume(out: Path, which: str, unet, embeddings: torch.nn.Parameter, token_id
         token_row = load_file(path / "token.safetensors")["token_row"]
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, KeyError, SafetensorError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"checkpoint {path} is damaged or not a cdvideo checkpoint ({first[:160]}); "
-                        "resume from another one or start fresh") from err
+        raise UserError(
+            f"checkpoint {path} is damaged or not a cdvideo checkpoint ({first[:160]}); "
+            "resume from another one or start fresh"
+        ) from err
     set_peft_model_state_dict(unet, lora)
     with torch.no_grad():
         embeddings[token_id] = token_row.to(embeddings.device)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -63,15 +62,9 @@ def _load_errors(what: str, name: str, err: Exception) -> UserError:
     return UserError(f"could not load {what} '{name}' ({hint}): {first[:240]}")
 
 
-@dataclass
-class Loaded:
-    """A Stable Diffusion pipeline (components shared with any video pipeline built from it)."""
-
-    pipe: StableDiffusionPipeline
-    source: str
-
-
-def load_image_pipeline(base: str, dtype: torch.dtype = torch.float32, config: str | None = None) -> Loaded:
+def load_image_pipeline(
+    base: str, dtype: torch.dtype = torch.float32, config: str | None = None
+) -> StableDiffusionPipeline:
     """SD1.5-family pipeline from a hub id, a local diffusers folder, or a single checkpoint file."""
     source = resolve_base(base)
     kwargs = {"dtype": dtype, "safety_checker": None, "requires_safety_checker": False}
@@ -89,7 +82,7 @@ def load_image_pipeline(base: str, dtype: torch.dtype = torch.float32, config: s
     except (OSError, ValueError) as err:
         raise _load_errors("base model", base, err) from err
     pipe.set_progress_bar_config(leave=False)
-    return Loaded(pipe=pipe, source=source)
+    return pipe
 
 
 def load_motion_adapter(name: str, dtype: torch.dtype = torch.float32) -> MotionAdapter:

@@ -101,7 +101,7 @@ def validate(cfg: AnimateConfig) -> None:
 
 def build_pipeline(cfg: AnimateConfig, device: torch.device, dtype: torch.dtype):
     """Base model + motion adapter as one AnimateDiffPipeline with the family's sampler."""
-    image = loading.load_image_pipeline(cfg.base, dtype, config=cfg.base_config).pipe
+    image = loading.load_image_pipeline(cfg.base, dtype, config=cfg.base_config)
     adapter = loading.load_motion_adapter(cfg.motion_adapter, dtype)
     limit = adapter.config.motion_max_seq_length
     if cfg.frames > limit:

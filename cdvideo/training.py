@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +55,6 @@ class TrainConfig:
     resume: str | None = None
     device: str | None = None
     base_config: str | None = None  # local diffusers config folder for single-file checkpoints
-    extra: dict = field(default_factory=dict)
 
     def resolved(self) -> TrainConfig:
         """Fill unset fields from the base model family's preset."""
@@ -196,8 +195,7 @@ def train(
     say(f"training '{cfg.token} {cfg.class_word}' on {len(photos.images)} photos, base {cfg.base}, {cfg.steps} steps")
 
     seed_everything(cfg.seed)
-    loaded = loading.load_image_pipeline(cfg.base, torch.float32, config=cfg.base_config)
-    pipe = loaded.pipe.to(device)
+    pipe = loading.load_image_pipeline(cfg.base, torch.float32, config=cfg.base_config).to(device)
     tokenizer, text_encoder, vae, unet = pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
 

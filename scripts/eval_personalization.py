@@ -88,7 +88,7 @@ def main() -> None:
     )
     train_seconds = time.time() - start
     concept = concepts.load_concept(folder)
-    pipe = loading.load_image_pipeline("shapes").pipe
+    pipe = loading.load_image_pipeline("shapes")
     pipe.set_progress_bar_config(disable=True)
     n, st, g, seed = args.samples, args.sample_steps, args.guidance, args.seed + 100
     base_plain = plain_accuracy(pipe, n, st, g, seed)

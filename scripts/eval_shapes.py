@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -54,7 +55,7 @@ def image_prompts(n_seen: int, generator: torch.Generator) -> list[dict]:
 
 def load_pipelines(device: str, dtype: torch.dtype):
     """The same pipelines `cdvideo animate --base shapes` builds."""
-    image = loading.load_image_pipeline("shapes", dtype).pipe.to(device)
+    image = loading.load_image_pipeline("shapes", dtype).to(device)
     image.set_progress_bar_config(disable=True)
     video = loading.video_pipeline(image, loading.load_motion_adapter("shapes", dtype)).to(device)
     video.set_progress_bar_config(disable=True)
@@ -79,8 +80,6 @@ def eval_images(pipe, prompts, samples: int, guidance: float, steps: int, batch:
                 width=64,
             )
             frames.append(out.images)
-        import numpy as np
-
         scores = scorer.score_frames(np.concatenate(frames))
         joint = [s.cls == p["cls"] and s.colour == p["colour"] and s.accessory == p["accessory"] for s in scores]
         bg = [s.background == p["background"] for s in scores]

@@ -3,12 +3,7 @@
 # Used through the device tool (wheels in .whl/, results to $OUT); on your own GPU box:
 #   OUT=/tmp/out bash scripts/gpu_shapes.sh
 set -u
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-fi
-export PYTHONUNBUFFERED=1 TRANSFORMERS_VERBOSITY=error
+. "$(dirname "$0")/device_env.sh"
 R=runs/gpu
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 scripts/train_shapes.py --phase vae --seconds "${VAE_S:-50}" --run-dir $R

@@ -1,12 +1,7 @@
 #!/usr/bin/env bash
 # Continue training the shipped Shapes weights on one GPU for a few more minutes (second sitting).
 set -u
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-fi
-export PYTHONUNBUFFERED=1 TRANSFORMERS_VERBOSITY=error
+. "$(dirname "$0")/device_env.sh"
 R=runs/gpu2
 python3 scripts/train_shapes.py --phase base --seconds "${BASE_S:-115}" --batch 1024 --run-dir $R --init-from-weights
 python3 scripts/train_shapes.py --phase export --run-dir $R

@@ -108,16 +108,23 @@ def tiny_adapter(tmp_path_factory) -> Path:
     return build_tiny_adapter(tmp_path_factory.mktemp("models") / "tiny-motion")
 
 
+def write_dog_photos(folder: Path, size: int = 80, count: int = 5) -> Path:
+    """A few 'photos' of one subject: an orange blob with a dark ear at varied places."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    s = max(size, 64)
+    for i in range(count):
+        image = np.full((s, s, 3), 235, np.uint8)
+        x, y = rng.integers(s // 4, 3 * s // 4, size=2)
+        w, h = s // 5, s // 6
+        image[y - h : y + h, x - w : x + w] = (220, 120, 40)
+        image[y - h - s // 20 : y - h + s // 40, x - w : x - w + s // 10] = (60, 40, 20)
+        Image.fromarray(image).save(folder / f"rex-{i}.jpg")
+    return folder
+
+
 @pytest.fixture(scope="session")
 def dog_photos(tmp_path_factory) -> Path:
-    """Five photos of one 'subject': an orange blob with a dark ear, at varied places."""
-    folder = tmp_path_factory.mktemp("photos")
-    rng = np.random.default_rng(0)
-    for i in range(5):
-        image = np.full((80, 80, 3), 235, np.uint8)
-        x, y = rng.integers(20, 50, size=2)
-        image[y - 12 : y + 12, x - 15 : x + 15] = (220, 120, 40)
-        image[y - 16 : y - 10, x - 15 : x - 8] = (60, 40, 20)
-        Image.fromarray(image).save(folder / f"rex-{i}.jpg")
-    (folder / ".DS_Store").write_bytes(b"\x00\x01junk")
+    folder = write_dog_photos(tmp_path_factory.mktemp("photos"))
+    (folder / ".DS_Store").write_bytes(b"\x00\x01junk")  # users' folders have these
     return folder

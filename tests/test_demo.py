@@ -14,8 +14,13 @@ from cdvideo.export import video_info
 @pytest.mark.slow
 def test_demo_runs_offline_and_prints_a_scorecard(tmp_path):
     out = tmp_path / "demo"
-    result = subprocess.run([sys.executable, "-m", "cdvideo.cli", "demo", "--output", str(out)],
-                            capture_output=True, text=True, timeout=1200, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    result = subprocess.run(
+        [sys.executable, "-m", "cdvideo.cli", "demo", "--output", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "scorecard" in result.stdout and "concept-class cosine" in result.stdout
     assert "prompt: a <new1> circle wearing headphones moving right" in result.stdout

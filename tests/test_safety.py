@@ -23,17 +23,49 @@ def test_a_crafted_pickle_motion_adapter_is_refused_and_never_runs(tiny_base, tm
     marker = tmp_path / "pwned"
     evil = tmp_path / "mm_sd_v15_v2.ckpt"
     evil.write_bytes(pickle.dumps({"state_dict": _Payload(marker)}))
-    code = cli_main(["animate", "a dog", "--no-concept", "--base", str(tiny_base), "--motion-adapter", str(evil),
-                     "--frames", "4", "--width", "64", "--height", "64", "--steps", "1", "--output",
-                     str(tmp_path / "o")])
+    code = cli_main(
+        [
+            "animate",
+            "a dog",
+            "--no-concept",
+            "--base",
+            str(tiny_base),
+            "--motion-adapter",
+            str(evil),
+            "--frames",
+            "4",
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "--steps",
+            "1",
+            "--output",
+            str(tmp_path / "o"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "could not load motion adapter" in err and "Traceback" not in err
     assert not marker.exists()
 
 
 def test_checkpoint_state_is_loaded_weights_only(tiny_base, dog_photos, tmp_path, capsys):
-    args = ["train", str(dog_photos), "--class-word", "dog", "--base", str(tiny_base), "--output", str(tmp_path / "c"),
-            "--steps", "2", "--resolution", "64", "--checkpoint-every", "1"]
+    args = [
+        "train",
+        str(dog_photos),
+        "--class-word",
+        "dog",
+        "--base",
+        str(tiny_base),
+        "--output",
+        str(tmp_path / "c"),
+        "--steps",
+        "2",
+        "--resolution",
+        "64",
+        "--checkpoint-every",
+        "1",
+    ]
     assert cli_main(args) == 0
     marker = tmp_path / "pwned"
     state = tmp_path / "c" / "checkpoints" / "step-000001" / "state.pt"
@@ -45,8 +77,20 @@ def test_checkpoint_state_is_loaded_weights_only(tiny_base, dog_photos, tmp_path
 
 
 def test_unknown_concept_format_version_is_refused_by_name(tiny_base, dog_photos, tmp_path, capsys):
-    args = ["train", str(dog_photos), "--class-word", "dog", "--base", str(tiny_base), "--output", str(tmp_path / "c"),
-            "--steps", "1", "--resolution", "64"]
+    args = [
+        "train",
+        str(dog_photos),
+        "--class-word",
+        "dog",
+        "--base",
+        str(tiny_base),
+        "--output",
+        str(tmp_path / "c"),
+        "--steps",
+        "1",
+        "--resolution",
+        "64",
+    ]
     assert cli_main(args) == 0
     future = tmp_path / "future"
     shutil.copytree(tmp_path / "c", future)

@@ -176,11 +176,7 @@ def render(scene: Scene) -> torch.Tensor:
 
     def paint(img: torch.Tensor, cover: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
         cover = cover[:, None]
-        return (
-            img * (1 - cover) + colour[:, :, None, None] * cover
-            if colour.dim() == 2
-            else (img * (1 - cover) + colour * cover)
-        )
+        return img * (1 - cover) + colour * cover
 
     colours = _palette(COLOURS).to(device)
     body = colours[scene.colour][:, :, None, None].expand(n, 3, SIZE, SIZE)
@@ -216,7 +212,7 @@ def render(scene: Scene) -> torch.Tensor:
             torch.where((scene.accessory == names.index("wearing headphones"))[:, None, None], headphones, far),
         ),
     )
-    image = paint(image, _coverage(acc_distance), acc_colours)
+    image = paint(image, _coverage(acc_distance), acc_colours[:, :, None, None])
     return image.clamp(0, 1)
 
 
