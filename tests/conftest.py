@@ -108,6 +108,12 @@ def tiny_adapter(tmp_path_factory) -> Path:
     return build_tiny_adapter(tmp_path_factory.mktemp("models") / "tiny-motion")
 
 
+def cli_train_args(base: Path, photos: Path, out: Path, *extra: str, steps: int = 1) -> list[str]:
+    """`cdvideo train` arguments for a quick run on the tiny model."""
+    return ["train", str(photos), "--class-word", "dog", "--base", str(base), "--output", str(out),
+            "--steps", str(steps), "--resolution", "64", *extra]  # fmt: skip
+
+
 def write_dog_photos(folder: Path, size: int = 80, count: int = 5) -> Path:
     """A few 'photos' of one subject: an orange blob with a dark ear at varied places."""
     folder.mkdir(parents=True, exist_ok=True)

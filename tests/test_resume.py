@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import cli_train_args
 from safetensors.torch import load_file
 
 from cdvideo.cli import main as cli_main
@@ -22,27 +23,9 @@ def concept_tensors(folder: Path) -> dict:
 
 
 def train_args(base: Path, photos: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "train",
-        str(photos),
-        "--class-word",
-        "dog",
-        "--base",
-        str(base),
-        "--output",
-        str(out),
-        "--steps",
-        "8",
-        "--resolution",
-        "64",
-        "--batch-size",
-        "2",
-        "--seed",
-        "5",
-        "--checkpoint-every",
-        "4",
-        *extra,
-    ]
+    return cli_train_args(
+        base, photos, out, "--batch-size", "2", "--seed", "5", "--checkpoint-every", "4", *extra, steps=8
+    )
 
 
 def test_killed_run_resumes_to_the_same_concept(tiny_base, dog_photos, tmp_path):

@@ -6,6 +6,8 @@ import json
 import pickle
 import shutil
 
+from conftest import cli_train_args
+
 from cdvideo.cli import main as cli_main
 
 
@@ -50,22 +52,7 @@ def test_a_crafted_pickle_motion_adapter_is_refused_and_never_runs(tiny_base, tm
 
 
 def test_checkpoint_state_is_loaded_weights_only(tiny_base, dog_photos, tmp_path, capsys):
-    args = [
-        "train",
-        str(dog_photos),
-        "--class-word",
-        "dog",
-        "--base",
-        str(tiny_base),
-        "--output",
-        str(tmp_path / "c"),
-        "--steps",
-        "2",
-        "--resolution",
-        "64",
-        "--checkpoint-every",
-        "1",
-    ]
+    args = cli_train_args(tiny_base, dog_photos, tmp_path / "c", "--checkpoint-every", "1", steps=2)
     assert cli_main(args) == 0
     marker = tmp_path / "pwned"
     state = tmp_path / "c" / "checkpoints" / "step-000001" / "state.pt"
@@ -77,20 +64,7 @@ def test_checkpoint_state_is_loaded_weights_only(tiny_base, dog_photos, tmp_path
 
 
 def test_unknown_concept_format_version_is_refused_by_name(tiny_base, dog_photos, tmp_path, capsys):
-    args = [
-        "train",
-        str(dog_photos),
-        "--class-word",
-        "dog",
-        "--base",
-        str(tiny_base),
-        "--output",
-        str(tmp_path / "c"),
-        "--steps",
-        "1",
-        "--resolution",
-        "64",
-    ]
+    args = cli_train_args(tiny_base, dog_photos, tmp_path / "c")
     assert cli_main(args) == 0
     future = tmp_path / "future"
     shutil.copytree(tmp_path / "c", future)
