@@ -381,7 +381,8 @@ def seed_run_from_shipped_weights(run_dir: Path) -> None:
     steps = {r["phase"]: r for r in history if r.get("done")}
     if not (run_dir / "base").exists():
         for record in history:  # keep the earlier sittings' provenance in this run's log
-            log(run_dir, **{k: v for k, v in record.items() if k != "time"}, earlier_sitting=record.get("time"))
+            kept = {k: v for k, v in record.items() if k not in ("time", "earlier_sitting")}
+            log(run_dir, **kept, earlier_sitting=record.get("earlier_sitting", record.get("time")))
     base = models.BASE_DIR
     if not (run_dir / "vae").exists():
         vae = AutoencoderKL.from_pretrained(base / "vae", dtype=torch.float32)
