@@ -18,6 +18,8 @@ if [ "${EVAL_S:-0}" -gt 0 ]; then
   timeout "$EVAL_S" python3 scripts/eval_shapes.py --samples 64 --skip-motion --out "$OUT/quality_images.json"
   timeout "$EVAL_S" python3 scripts/eval_shapes.py --samples 16 --seen-prompts 2 --clips 64 \
     --out "$OUT/quality_motion.json"
-  timeout "$EVAL_S" python3 scripts/eval_personalization.py --samples 64 --out "$OUT/personalization.json"
+fi
+if [ "${PERSONALIZATION_S:-0}" -gt 0 ]; then
+  timeout "$PERSONALIZATION_S" python3 scripts/eval_personalization.py --samples 64 --out "$OUT/personalization.json"
 fi
 ls -la "$OUT"
