@@ -22,6 +22,7 @@ def _train_parser(sub) -> None:
     p.add_argument("--base-config", help="local diffusers config folder for a single-file --base (no download)")
     p.add_argument("--output", default="cdvideo-concept")
     p.add_argument("--token", default="<new1>")
+    p.add_argument("--init-word", help="word whose embedding the token starts from (default: the class word)")
     p.add_argument("--steps", type=int)
     p.add_argument("--resolution", type=int)
     p.add_argument("--rank", type=int)

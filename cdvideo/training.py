@@ -38,6 +38,7 @@ class TrainConfig:
     base: str = presets.SD15_BASE
     output: str = "cdvideo-concept"
     token: str = "<new1>"
+    init_word: str | None = None  # the new token starts as this word's embedding (default: class word)
     steps: int | None = None
     resolution: int | None = None
     rank: int | None = None
@@ -216,7 +217,7 @@ def train(
         class_set = data.load_photos([class_dir], cfg.resolution, max_photos=10_000)
         class_pixels = data.photos_to_tensor(class_set.images, flip=False)
 
-    token_id, notes = add_token(tokenizer, text_encoder, cfg.token, cfg.class_word)
+    token_id, notes = add_token(tokenizer, text_encoder, cfg.token, cfg.init_word or cfg.class_word)
     for note in notes:
         say(f"note: {note}")
 

@@ -136,6 +136,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--skip-motion", action="store_true")
+    parser.add_argument("--skip-images", action="store_true")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
@@ -150,15 +151,14 @@ def main() -> None:
     for guidance in args.guidance:
         guidance = guidance or preset.guidance
         start = time.time()
-        result = {
-            "guidance": guidance,
-            "images": eval_images(image, prompts, args.samples, guidance, steps, args.batch, args.seed),
-        }
+        result = {"guidance": guidance}
+        if not args.skip_images:
+            result["images"] = eval_images(image, prompts, args.samples, guidance, steps, args.batch, args.seed)
         if not args.skip_motion:
             result["motion"] = eval_motion(video, args.clips, guidance, steps, max(1, args.batch // 16), args.seed)
         result["seconds"] = round(time.time() - start, 1)
         report["results"].append(result)
-        line = {k: round(v, 3) for k, v in result["images"]["summary"].items()}
+        line = {k: round(v, 3) for k, v in result.get("images", {"summary": {}})["summary"].items()}
         if "motion" in result:
             line.update({f"motion_{k}": round(v, 3) for k, v in result["motion"]["summary"].items()})
         print(json.dumps({"guidance": guidance, **line, "seconds": result["seconds"]}), flush=True)

@@ -1,0 +1,279 @@
+"""What ClassDiffusion's SPL buys on the Shapes world: identity and composition against training length.
+
+    python benchmarks/ablate_spl.py --out docs/ablation            # all variants, seed 0
+    python benchmarks/ablate_spl.py --variants spl0 spl1 --seeds 0 1 --snapshots 50 150 300
+
+Each variant trains the striped subject (5 photos, `cdvideo.train` with the shapes defaults except
+what the variant changes) once up to the last snapshot; the LoRA and token row are copied at every
+snapshot step and each copy is saved as a real concept folder and rendered through the same
+pipelines `cdvideo animate --base shapes --motion-adapter shapes` builds. The world's exact scorer
+reads:
+
+- identity: stripes present in "a <tok> circle" images;
+- composition (image): stripes AND headphones AND circle in "a <tok> circle wearing headphones";
+- composition (video): stripes AND headphones AND circle AND moving left in clips of
+  "a <tok> circle wearing headphones moving left" (the photos show no headphones and no motion);
+- motion: share of those clips whose trajectory reads "moving left";
+- drift: cosine of "a photo of a <tok> circle" vs "a photo of a circle" at the EOS position.
+
+The base model's rates for the class word alone ("a circle wearing headphones [moving left]") are
+the ceiling. Results append to `OUT/results.jsonl` (a rerun skips what is done), then `OUT/table.md`
+and `OUT/curves.png` are rewritten from everything measured so far.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import cdvideo  # noqa: E402
+from cdvideo import concept as concepts  # noqa: E402
+from cdvideo import loading, presets  # noqa: E402
+from cdvideo.demo import write_subject_photos  # noqa: E402
+from cdvideo.loss import concept_class_cosine, eos_features  # noqa: E402
+from cdvideo.shapes import scorer  # noqa: E402
+
+VARIANTS = {  # name -> TrainConfig overrides
+    "spl0": {"spl_weight": 0.0},
+    "spl0.1": {"spl_weight": 0.1},
+    "spl1": {"spl_weight": 1.0},
+    "spl10": {"spl_weight": 10.0},
+    "spl100": {"spl_weight": 100.0},
+    "prior": {"spl_weight": 0.0, "prior_weight": 1.0},
+    "prior+spl1": {"spl_weight": 1.0, "prior_weight": 1.0},
+    "rare-init": {"spl_weight": 0.0, "init_word": "sks"},
+    "rare-init+spl1": {"spl_weight": 1.0, "init_word": "sks"},
+}
+HEADPHONES = "wearing headphones"
+
+
+@dataclasses.dataclass
+class Budget:
+    images: int
+    clips: int
+    frames: int
+    sample_steps: int
+    guidance: float
+
+
+def snapshotter(steps: list[int]):
+    """An `after_backward` hook that copies the LoRA and token row once `s` optimizer steps are done."""
+    from peft.utils import get_peft_model_state_dict
+
+    taken: dict[int, tuple[dict, torch.Tensor]] = {}
+    calls = [0]
+
+    def hook(models: dict) -> None:
+        done = calls[0]  # the hook runs before this call's optimizer step
+        calls[0] += 1
+        if done in steps:
+            lora = {k: v.detach().clone().cpu() for k, v in get_peft_model_state_dict(models["unet"]).items()}
+            row = models["text_encoder"].get_input_embeddings().weight[models["token_id"]].detach().clone().cpu()
+            taken[done] = (lora, row)
+
+    return hook, taken
+
+
+@torch.no_grad()
+def drift_cosine(pipe, token: str) -> float:
+    tok, enc = pipe.tokenizer, pipe.text_encoder
+    ids = tok(
+        [f"a photo of a {token} circle", "a photo of a circle"],
+        padding="max_length",
+        max_length=tok.model_max_length,
+        return_tensors="pt",
+    ).input_ids
+    features = eos_features(enc, ids, tok.eos_token_id)
+    return float(concept_class_cosine(features[:1], features[1:]))
+
+
+def score_images(pipe, prompt: str, budget: Budget, seed: int) -> list:
+    images = pipe(
+        prompt,
+        num_images_per_prompt=budget.images,
+        num_inference_steps=budget.sample_steps,
+        guidance_scale=budget.guidance,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="np",
+        height=64,
+        width=64,
+    ).images
+    return scorer.score_frames(np.asarray(images))
+
+
+def score_videos(pipe, prompt: str, budget: Budget, seed: int) -> list:
+    clips = pipe(
+        [prompt] * budget.clips,
+        num_frames=budget.frames,
+        num_inference_steps=budget.sample_steps,
+        guidance_scale=budget.guidance,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="pt",
+        height=64,
+        width=64,
+    ).frames
+    return scorer.score_clips(clips.float(), expected_cls=["circle"] * budget.clips)
+
+
+def composed(score, is_base: bool) -> bool:
+    """The subject (stripes; for the base model any circle) with headphones, still a circle."""
+    return (score.pattern or is_base) and score.accessory == HEADPHONES and score.cls == "circle"
+
+
+def measure(subject: str, budget: Budget, seed: int, folder: Path | None = None) -> dict:
+    """Render and score one model: the base (folder None, subject 'circle') or a concept."""
+    # Two pipelines, as `cdvideo animate` would build each: a concept loads once per text encoder.
+    image = loading.load_image_pipeline("shapes")
+    video = loading.video_pipeline(loading.load_image_pipeline("shapes"), loading.load_motion_adapter("shapes"))
+    for pipe in (image, video):
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, **presets.SHAPES.scheduler)
+        pipe.set_progress_bar_config(disable=True)
+    if folder is not None:
+        concept = concepts.load_concept(folder)
+        concepts.apply_concept(image, folder, concept)
+        concepts.apply_concept(video, folder, concept)
+    alone = score_images(image, f"a {subject}", budget, seed)
+    with_hp = score_images(image, f"a {subject} {HEADPHONES}", budget, seed + 1)
+    clips = score_videos(video, f"a {subject} {HEADPHONES} moving left", budget, seed + 2)
+    is_base = folder is None
+    return {
+        "identity": float(np.mean([s.pattern for s in alone])),
+        "circle": float(np.mean([s.cls == "circle" for s in alone])),
+        "composition_image": float(np.mean([composed(s, is_base) for s in with_hp])),
+        "headphones_image": float(np.mean([s.accessory == HEADPHONES for s in with_hp])),
+        "composition_video": float(np.mean([composed(c, is_base) and c.motion == "moving left" for c in clips])),
+        "motion_left": float(np.mean([c.motion == "moving left" for c in clips])),
+        "still": float(np.mean([c.motion == "" for c in clips])),
+        "drift_cosine": drift_cosine(image, subject.split()[0]) if not is_base else 1.0,
+    }
+
+
+def run_variant(name: str, seed: int, snapshots: list[int], budget: Budget, work: Path) -> list[dict]:
+    photos = work / "photos"
+    if not photos.exists():
+        write_subject_photos(photos, seed=0)
+    hook, taken = snapshotter(snapshots)
+    start = time.time()
+    final = cdvideo.train(
+        cdvideo.TrainConfig(
+            images=[str(photos)],
+            class_word="circle",
+            base="shapes",
+            output=str(work / f"{name}-s{seed}"),
+            steps=max(snapshots),
+            seed=seed,
+            num_class_images=20,
+            **VARIANTS[name],
+        ),
+        say=lambda s: None,
+        progress=False,
+        after_backward=hook,
+    )
+    seconds = time.time() - start
+    manifest = concepts.load_concept(final)
+    rows = []
+    for step in snapshots:
+        folder = final if step == max(snapshots) else work / f"{name}-s{seed}-step{step}"
+        if step != max(snapshots):
+            lora, row = taken[step]
+            concepts.save_concept(folder, dataclasses.replace(manifest, steps=step), lora, row)
+        result = measure(f"{manifest.token} circle", budget, seed=1000 + seed, folder=folder)
+        rows.append({"variant": name, "seed": seed, "step": step, "train_seconds": round(seconds, 1), **result})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def write_report(out: Path, rows: list[dict], base: dict, command: str) -> None:
+    keys = ["identity", "composition_image", "composition_video", "motion_left", "drift_cosine"]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["variant"], r["step"]), []).append(r)
+    lines = [
+        f"Command: `{command}`",
+        "",
+        f"Base model, class word alone (the ceiling): composition image {base['composition_image']:.2f}, "
+        f"video {base['composition_video']:.2f}, moving left {base['motion_left']:.2f}, "
+        f"headphones {base['headphones_image']:.2f}.",
+        "",
+        "| variant | steps | seeds | " + " | ".join(keys) + " |",
+        "|---|---|---|" + "---|" * len(keys),
+    ]
+    order = list(VARIANTS)
+    for (variant, step), group in sorted(groups.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1])):
+        cells = [f"{np.mean([g[k] for g in group]):.2f}" for k in keys]
+        lines.append(f"| {variant} | {step} | {len(group)} | " + " | ".join(cells) + " |")
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for variant in order:
+        steps = sorted({s for v, s in groups if v == variant})
+        if not steps:
+            continue
+        for ax, key in zip(axes, ["identity", "composition_image", "composition_video"]):
+            ax.plot(steps, [np.mean([g[key] for g in groups[(variant, s)]]) for s in steps], marker="o", label=variant)
+    for ax, key in zip(axes, ["identity", "composition_image", "composition_video"]):
+        if key != "identity":
+            ax.axhline(base[key], color="black", linestyle="--", label="base, class word")
+        ax.set_title(key.replace("_", " "))
+        ax.set_xlabel("training steps")
+        ax.set_ylim(-0.02, 1.02)
+    axes[-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=90)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--snapshots", nargs="+", type=int, default=[50, 150, 300])
+    parser.add_argument("--images", type=int, default=16, help="images per prompt per snapshot")
+    parser.add_argument("--clips", type=int, default=6, help="clips per snapshot")
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--sample-steps", type=int, default=20)
+    parser.add_argument("--guidance", type=float, default=presets.SHAPES.guidance)
+    parser.add_argument("--out", type=Path, default=Path("docs/ablation"))
+    args = parser.parse_args()
+    torch.set_grad_enabled(True)
+    budget = Budget(args.images, args.clips, args.frames, args.sample_steps, args.guidance)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = args.out / "results.jsonl"
+    rows = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
+    base_file = args.out / "base.json"
+    if base_file.exists():
+        base = json.loads(base_file.read_text())
+    else:
+        base = measure("circle", budget, seed=1000)
+        base_file.write_text(json.dumps(base, indent=1) + "\n")
+    command = "python benchmarks/ablate_spl.py " + " ".join(sys.argv[1:])
+    work = Path(tempfile.mkdtemp(prefix="cdvideo-ablation-"))
+    for seed in args.seeds:
+        for name in args.variants:
+            if any(r["variant"] == name and r["seed"] == seed for r in rows):
+                continue
+            new = run_variant(name, seed, sorted(args.snapshots), budget, work)
+            with open(results, "a") as f:
+                f.writelines(json.dumps(r) + "\n" for r in new)
+            rows += new
+            write_report(args.out, rows, base, command)
+    write_report(args.out, rows, base, command)
+
+
+if __name__ == "__main__":
+    main()
