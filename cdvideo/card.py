@@ -25,12 +25,14 @@ TAGS = [
 # the embedded Shapes model is cdvideo's own.
 SD15_LICENSE = "creativeml-openrail-m"
 SHAPES_LICENSE = "apache-2.0"
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+# Marks a card as cdvideo's own, which `cdvideo push` may rewrite; a card without it was edited.
+GENERATED = "<!-- written by cdvideo; delete this line to keep your edits when pushing -->"
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 def hub_model_id(base: str) -> str | None:
     """`base` if it names a Hub model: the Hub rejects a card whose base_model is a local path."""
-    if base == "shapes" or Path(base).exists() or not _HUB_ID.fullmatch(base):
+    if base == "shapes" or Path(base).exists() or not HUB_ID.fullmatch(base):
         return None
     return base
 
@@ -112,10 +114,20 @@ def model_card_text(folder: Path, concept: Concept, repo_id: str | None = None) 
         f"For AUTOMATIC1111 or ComfyUI: `cdvideo export {folder.name} --format kohya` (LoRA) and "
         f"`--format a1111` (embedding).\n\n"
         "## Training\n\n"
-        f"{table}"
+        f"{table}\n"
+        f"{GENERATED}\n"
     )
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}"))
 
 
 def write_model_card(folder: Path, concept: Concept, repo_id: str | None = None) -> Path:
     return write_text_atomic(folder / CARD_FILE, model_card_text(folder, concept, repo_id))
+
+
+def refresh_model_card(folder: Path, concept: Concept, repo_id: str | None = None) -> bool:
+    """Rewrite the card unless the user has edited it (no GENERATED line); returns whether it was."""
+    card = folder / CARD_FILE
+    if card.exists() and GENERATED not in card.read_text(encoding="utf-8", errors="replace"):
+        return False
+    write_model_card(folder, concept, repo_id)
+    return True

@@ -131,7 +131,8 @@ def export_kohya(folder: Path, concept: concepts.Concept, output: str | Path | N
         "ss_network_dim": str(concept.rank),
         "ss_network_alpha": str(concept.alpha),
         "ss_base_model_version": "sd_v1",
-        "ss_sd_model_name": concept.base,
+        # A local base is named, not located: the file may be shared, the user's directories not.
+        "ss_sd_model_name": Path(concept.base).name if Path(concept.base).is_absolute() else concept.base,
         "ss_output_name": target.stem,
         "cdvideo_token": concept.token,
         "cdvideo_class_word": concept.class_word,

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from pathlib import Path
 
 from cdvideo import concept as concepts
-from cdvideo.card import write_model_card
+from cdvideo.card import CARD_FILE, HUB_ID, refresh_model_card
 from cdvideo.errors import UserError
 
 # Resume state (optimizer moments), generated class images and half-written temp files are the
 # user's working material, not part of the published concept.
 IGNORE = ["checkpoints/**", "class-images/**", ".*", "**/.*"]
-_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 
 
 def _network_errors() -> tuple[type[BaseException], ...]:
@@ -49,13 +47,14 @@ def push(
 
     folder = Path(concept)
     manifest = concepts.load_concept(folder)
-    if not _REPO_ID.fullmatch(repo_id):
+    if not HUB_ID.fullmatch(repo_id):
         raise UserError(f"--repo-id {repo_id!r} should look like USER/NAME")
     api = api or HfApi()
     if not (api.token or get_token()):
         raise UserError("no Hugging Face token: run `hf auth login` or set HF_TOKEN, then push again")
-    # The card is rewritten so that it names the repo and shows any sample gif added since training.
-    write_model_card(folder, manifest, repo_id=repo_id)
+    # cdvideo's own card is rewritten so that it names the repo and shows any sample gif added since.
+    if not refresh_model_card(folder, manifest, repo_id=repo_id):
+        say(f"keeping your edited {folder / CARD_FILE}")
     try:
         url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
         api.upload_folder(

@@ -77,6 +77,7 @@ def render(base: Path, adapter: Path, load) -> np.ndarray:
         height=64,
         width=64,
         num_inference_steps=2,
+        guidance_scale=1.0,  # one UNet pass a step: the LoRA shows as well without guidance
         generator=generator,
         output_type="np",
     ).frames[0]
@@ -106,6 +107,7 @@ def test_kohya_and_a1111_exports_render_the_same_frames_in_stock_diffusers(
     with safe_open(kohya_file, "pt") as f:
         header = f.metadata()
     assert header["ss_network_dim"] == str(manifest.rank) and float(header["ss_network_alpha"]) == manifest.alpha
+    assert header["ss_sd_model_name"] == tiny_base.name  # named, not located
 
     def from_concept(pipe):
         pipe.load_lora_weights(str(folder))
@@ -286,6 +288,12 @@ def test_push_sends_the_concept_and_its_card_but_not_working_files(trained, tmp_
     card = ModelCard(api.sent["README.md"].decode())
     assert card.data.instance_prompt == "a <new1> dog"
     assert "pipe.load_lora_weights('me/rex-dog')" in card.text
+
+    edited = "---\nlicense: mit\n---\n# my own words\n"
+    (folder / "README.md").write_text(edited)
+    said = []
+    cdvideo.push(folder, "me/rex-dog", api=api, say=said.append)
+    assert api.sent["README.md"].decode() == edited and "keeping your edited" in said[0]
 
 
 def test_push_without_token_or_network_is_one_clear_line(trained, tmp_path, monkeypatch, capsys):
