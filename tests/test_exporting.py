@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -308,8 +309,11 @@ def test_push_without_token_or_network_is_one_clear_line(trained, tmp_path, monk
     ]
 
     # A real HfApi against a closed local port: the network error as a user would meet it.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
     monkeypatch.setenv("HF_TOKEN", "hf_test")
-    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{closed_port}")
     for offline in (True, False):
         monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", offline)
         code, _, err = run_cli(["push", trained, "--repo-id", "me/rex"], capsys)
