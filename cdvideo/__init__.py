@@ -16,6 +16,8 @@ _EXPORTS = {
     "TrainConfig": "cdvideo.training",
     "animate": "cdvideo.rendering",
     "AnimateConfig": "cdvideo.rendering",
+    "export_concept": "cdvideo.exporting",
+    "push": "cdvideo.hub",
     "demo": "cdvideo.demo",
     "UserError": "cdvideo.errors",
 }

@@ -113,6 +113,13 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
+def write_yaml_atomic(path: str | os.PathLike[str], obj: Any, header: str = "") -> Path:
+    """Atomically write `obj` as block-style YAML, key order kept, after `header` (e.g. comments)."""
+    import yaml
+
+    return write_text_atomic(path, header + yaml.safe_dump(obj, sort_keys=False, allow_unicode=True))
+
+
 def ensure_writable_dir(path: str | os.PathLike[str]) -> Path:
     """Create directory `path` (with parents) and prove it is writable with a probe file."""
     directory = Path(path)

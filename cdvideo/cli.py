@@ -1,4 +1,4 @@
-"""Command line: a thin layer over `cdvideo.train`, `cdvideo.animate` and `cdvideo.demo`."""
+"""Command line: a thin layer over `cdvideo.train`, `animate`, `export_concept`, `push` and `demo`."""
 
 from __future__ import annotations
 
@@ -66,6 +66,20 @@ def _animate_parser(sub) -> None:
     p.add_argument("--device")
 
 
+def _export_parser(sub) -> None:
+    p = sub.add_parser("export", help="write a concept for AUTOMATIC1111/ComfyUI (kohya LoRA, embedding) or diffusers")
+    p.add_argument("concept", help="concept folder")
+    p.add_argument("--format", required=True, choices=["kohya", "a1111", "diffusers"])
+    p.add_argument("--output", help="file (.safetensors) or folder (default: CONCEPT/exports/...)")
+
+
+def _push_parser(sub) -> None:
+    p = sub.add_parser("push", help="upload a concept folder (with its model card) to the Hugging Face Hub")
+    p.add_argument("concept", help="concept folder")
+    p.add_argument("--repo-id", required=True, help="USER/NAME")
+    p.add_argument("--private", action="store_true")
+
+
 def _demo_parser(sub) -> None:
     p = sub.add_parser("demo", help="offline end-to-end demo on the embedded Shapes model")
     p.add_argument("--output", default="cdvideo-demo")
@@ -79,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
     _animate_parser(sub)
+    _export_parser(sub)
+    _push_parser(sub)
     _demo_parser(sub)
     return parser
 
@@ -132,6 +148,11 @@ def _run(args: argparse.Namespace) -> None:
         if unknown:
             raise UserError(f"prompt file has unknown settings {unknown}; known: {sorted(fields)}")
         cdvideo.animate(cdvideo.AnimateConfig(**{**settings, **values}))
+    elif args.command == "export":
+        for path in cdvideo.export_concept(args.concept, args.format, args.output):
+            print(f"wrote {path}")
+    elif args.command == "push":
+        cdvideo.push(args.concept, args.repo_id, private=args.private)
     elif args.command == "demo":
         cdvideo.demo(output=args.output, seed=args.seed)
 

@@ -2,6 +2,7 @@
 
     pytorch_lora_weights.safetensors   diffusers LoRA, its peft config in the file's metadata
     learned_embeds.safetensors         {token: tensor[1, dim]}
+    README.md                          model card with the Hub's YAML front matter (cdvideo/card.py)
     cdvideo.json                       manifest, written last: its presence means "complete"
 
 A stock diffusers pipeline loads the first two with `load_lora_weights` and
@@ -49,8 +50,10 @@ def save_concept(
     unet_lora_state: dict[str, torch.Tensor],
     token_embedding: torch.Tensor,
 ) -> None:
-    """Write the three files, each atomically; the manifest last so a killed run is never loadable."""
+    """Write the concept's files, each atomically; the manifest last so a killed run is never loadable."""
     from diffusers import StableDiffusionPipeline
+
+    from cdvideo.card import write_model_card  # imported here: the card module imports this one
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / MANIFEST).unlink(missing_ok=True)
@@ -67,6 +70,7 @@ def save_concept(
         )
     with atomic_path(folder / EMBEDS_FILE) as tmp:
         save_file({concept.token: token_embedding.detach().float().cpu().reshape(1, -1).contiguous()}, tmp)
+    write_model_card(folder, concept)
     write_json_atomic(folder / MANIFEST, asdict(concept))
 
 

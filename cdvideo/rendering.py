@@ -11,12 +11,13 @@ import torch
 from diffusers import DDIMScheduler
 
 from cdvideo import concept as concepts
-from cdvideo import export, loading, presets
-from cdvideo.atomic import ensure_writable_dir, write_json_atomic
+from cdvideo import export, loading, presets, sheets
+from cdvideo.atomic import ensure_writable_dir, write_json_atomic, write_yaml_atomic
 from cdvideo.errors import UserError
 from cdvideo.prompts import bind_prompt, token_count_warning
 
 DEFAULT_CONCEPT = "cdvideo-concept"
+RESOLVED_FILE = "prompts.resolved.yaml"
 
 
 @dataclass
@@ -177,4 +178,9 @@ def animate(cfg: AnimateConfig, say: Callable[[str], None] = print, progress: bo
             write_json_atomic(files["json"], settings)
             videos.append(Video(prompt, rendered, seed, files, frames, time.time() - start))
             say(f"wrote {files['mp4']} and {files['gif']}")
+    if len(videos) > 1:
+        sheet = sheets.write_contact_sheets([v.frames for v in videos], len(cfg.seeds), out, fps=cfg.fps)
+        say(f"wrote contact sheets {sheet['png']} and {sheet['gif']} (rows: prompts, columns: seeds)")
+    resolved = {**asdict(cfg), "concept": str(folder) if folder else None}
+    write_yaml_atomic(out / RESOLVED_FILE, resolved, header="# rerun: cdvideo animate --prompt-file THIS\n")
     return videos
