@@ -121,6 +121,9 @@ def _diffusion_target(scheduler, latents, noise, timesteps) -> torch.Tensor:
     raise UserError(f"base model's scheduler predicts {kind!r}; cdvideo trains epsilon or v_prediction models")
 
 
+CLASS_IMAGE_BATCH = 4  # a few images per pipeline call; a killed run keeps every batch already written
+
+
 def _generate_class_images(
     pipe, class_word: str, count: int, resolution: int, steps: int, folder: Path, seed: int, say
 ) -> None:
@@ -132,17 +135,22 @@ def _generate_class_images(
     if have >= count:
         return
     say(f"generating {count - have} class images of '{class_word}' into {folder}")
-    generator = torch.Generator(pipe.device).manual_seed(seed)
-    for i in tqdm(range(have, count), desc="class images", leave=False):
-        image = pipe(
-            f"a photo of a {class_word}",
-            height=resolution,
-            width=resolution,
-            num_inference_steps=steps,
-            generator=generator,
-        ).images[0]
-        with atomic_path(folder / f"class-{i:04d}.png") as tmp:
-            image.save(tmp)
+    pipe.set_progress_bar_config(disable=True)
+    generator = torch.Generator(pipe.device).manual_seed(seed + have)
+    with tqdm(total=count - have, desc="class images", leave=False) as bar:
+        for start in range(have, count, CLASS_IMAGE_BATCH):
+            images = pipe(
+                f"a photo of a {class_word}",
+                height=resolution,
+                width=resolution,
+                num_inference_steps=steps,
+                num_images_per_prompt=min(CLASS_IMAGE_BATCH, count - start),
+                generator=generator,
+            ).images
+            for i, image in enumerate(images, start):
+                with atomic_path(folder / f"class-{i:04d}.png") as tmp:
+                    image.save(tmp)
+            bar.update(len(images))
 
 
 def make_trainable(cfg: TrainConfig, unet, text_encoder, vae, token_id: int):
