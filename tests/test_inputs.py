@@ -1,0 +1,227 @@
+"""Inputs people already have: community single-file checkpoints, original AnimateDiff motion
+modules, motion LoRAs and the AnimateDiff-Lightning sampler, each built offline in its real format."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from original_layouts import animatediff_motion_module, ldm_checkpoint
+from safetensors.torch import save_file
+
+import cdvideo
+from cdvideo import loading
+from cdvideo.cli import main as cli_main
+from cdvideo.motion import parse_motion_lora
+
+QUICK = ["--frames", "4", "--width", "64", "--height", "64", "--steps", "2"]
+
+
+def assert_same_weights(expected: torch.nn.Module, loaded: torch.nn.Module, close: tuple[str, ...] = ()) -> None:
+    a, b = expected.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        if key.endswith(close):
+            torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-3)
+        else:
+            assert torch.equal(a[key], b[key]), key
+
+
+def render(tmp_path: Path, name: str, **settings) -> np.ndarray:
+    values = {"prompts": ["a circle moving right"], "use_concept": False, "base": "shapes", "frames": 4,
+              "steps": 2, "output": str(tmp_path / name), **settings}  # fmt: skip
+    (video,) = cdvideo.animate(cdvideo.AnimateConfig(**values), say=lambda s: None, progress=False)
+    return video.frames
+
+
+# -- community single-file checkpoints ---------------------------------------------------------
+
+
+def test_shipped_sd15_tokenizer_is_clips(tmp_path):
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(loading.SD15_CONFIG / "tokenizer")
+    assert len(tokenizer) == 49408 and tokenizer.model_max_length == 77
+    # CLIP ViT-L/14's ids, as SD1.5 was trained with them.
+    assert tokenizer("a photo of a dog").input_ids == [49406, 320, 1125, 539, 320, 1929, 49407]
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id == 49407
+
+
+@pytest.fixture(scope="module")
+def community_checkpoint(tiny_base, tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny model as a community .safetensors in the original SD layout, and a weightless config folder."""
+    from diffusers import StableDiffusionPipeline
+
+    folder = tmp_path_factory.mktemp("community")
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_base)
+    save_file(ldm_checkpoint(pipe), folder / "dreamy-mix.safetensors")
+    config = folder / "config"
+    shutil.copytree(tiny_base, config, ignore=shutil.ignore_patterns("*.safetensors"))
+    return folder / "dreamy-mix.safetensors", config
+
+
+def test_single_file_checkpoint_loads_offline_with_the_weights_it_holds(community_checkpoint, tiny_base):
+    from diffusers import StableDiffusionPipeline
+
+    file, config = community_checkpoint
+    assert "model.diffusion_model.input_blocks.0.0.weight" in loading.read_state_dict(str(file))
+    source = StableDiffusionPipeline.from_pretrained(tiny_base)
+    pipe = loading.load_image_pipeline(str(file), config=str(config))
+    for name in ("unet", "vae", "text_encoder"):
+        assert_same_weights(getattr(source, name), getattr(pipe, name))
+
+
+def test_animate_on_a_single_file_checkpoint(community_checkpoint, tiny_adapter, tmp_path):
+    file, config = community_checkpoint
+    args = ["animate", "a dog", "--no-concept", "--base", str(file), "--base-config", str(config),
+            "--motion-adapter", str(tiny_adapter), "--output", str(tmp_path), *QUICK]  # fmt: skip
+    assert cli_main(args) == 0
+    (settings,) = tmp_path.glob("*.json")
+    assert json.loads(settings.read_text())["base"] == str(file)
+    assert (tmp_path / settings.name.replace(".json", ".mp4")).stat().st_size > 0
+
+
+def test_a_checkpoint_of_another_architecture_is_one_clear_line(community_checkpoint, tmp_path, capsys):
+    file, _ = community_checkpoint  # tiny weights against the shipped SD1.5 configs
+    args = ["animate", "a dog", "--no-concept", "--base", str(file), "--output", str(tmp_path), *QUICK]
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err
+    assert "could not load base model" in err and "--base-config" in err and "Traceback" not in err
+
+
+# -- original AnimateDiff motion-module files --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shapes_adapter():
+    return loading.load_motion_adapter("shapes")
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
+def test_original_motion_module_file_loads_as_the_adapter_it_came_from(shapes_adapter, tmp_path, suffix):
+    state = animatediff_motion_module(shapes_adapter)
+    assert "mid_block.motion_modules.0.temporal_transformer.transformer_blocks.0.ff_norm.weight" in state
+    file = tmp_path / f"mm_shapes_v2{suffix}"
+    save_file(state, file) if suffix == ".safetensors" else torch.save(state, file)
+    adapter = loading.load_motion_adapter(str(file), config=loading.resolve_motion_adapter("shapes"))
+    # diffusers recomputes the sinusoidal position tables instead of reading them (the shipped
+    # adapter's were stored rounded); every learned weight is read exactly.
+    assert_same_weights(shapes_adapter, adapter, close=("pos_embed.pe",))
+    assert adapter.config.motion_max_seq_length == 32 and adapter.config.use_motion_mid_block
+
+
+def test_motion_module_frame_limit_and_mid_block_come_from_the_file(shapes_adapter):
+    state = animatediff_motion_module(shapes_adapter)
+    v1_like = {k: (v[:, :24] if k.endswith("pos_encoder.pe") else v) for k, v in state.items()}
+    v1_like = {k: v for k, v in v1_like.items() if not k.startswith("mid_block.")}
+    assert loading.motion_file_overrides(v1_like) == {"use_motion_mid_block": False, "motion_max_seq_length": 24}
+
+
+def test_animate_with_an_original_motion_module_file(shapes_adapter, tmp_path, capsys):
+    file = tmp_path / "mm_shapes.ckpt"
+    torch.save(animatediff_motion_module(shapes_adapter), file)
+    shipped = render(tmp_path, "folder", motion_adapter="shapes")
+    from_file = render(
+        tmp_path, "file", motion_adapter=str(file), motion_adapter_config=loading.resolve_motion_adapter("shapes")
+    )
+    assert np.abs(from_file - shipped).max() < 0.02  # only the recomputed position tables differ
+    # Without --motion-adapter-config the file is read as SD1.5's architecture, which it is not.
+    args = ["animate", "a circle", "--no-concept", "--base", "shapes", "--motion-adapter", str(file),
+            "--output", str(tmp_path / "o"), *QUICK]  # fmt: skip
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err
+    assert "could not load motion adapter" in err and "--motion-adapter-config" in err
+
+
+# -- motion LoRAs ------------------------------------------------------------------------------
+
+
+def test_motion_lora_spec_parsing():
+    assert parse_motion_lora("zoom-out.safetensors:0.8") == ("zoom-out.safetensors", 0.8)
+    assert parse_motion_lora("guoyww/animatediff-motion-lora-zoom-out") == (
+        "guoyww/animatediff-motion-lora-zoom-out",
+        1.0,
+    )
+    assert parse_motion_lora("pan.safetensors:-0.5") == ("pan.safetensors", -0.5)
+
+
+@pytest.fixture(scope="module")
+def motion_lora(tmp_path_factory) -> Path:
+    """A camera-motion-style LoRA: peft on the motion modules' attention of the Shapes UNetMotionModel."""
+    from diffusers import AnimateDiffPipeline, UNet2DConditionModel, UNetMotionModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    unet2d = UNet2DConditionModel.from_pretrained(loading.resolve_base("shapes"), subfolder="unet")
+    unet = UNetMotionModel.from_unet2d(unet2d, loading.load_motion_adapter("shapes"))
+    targets = [name for name, _ in unet.named_modules()
+               if "motion_modules" in name and name.endswith((".to_q", ".to_k", ".to_v", ".to_out.0"))]  # fmt: skip
+    torch.manual_seed(3)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=targets, init_lora_weights=False))
+    folder = tmp_path_factory.mktemp("motion-lora")
+    AnimateDiffPipeline.save_lora_weights(
+        folder, unet_lora_layers=get_peft_model_state_dict(unet), weight_name="shapes-zoom.safetensors"
+    )
+    return folder / "shapes-zoom.safetensors"
+
+
+def test_motion_lora_weight_moves_the_frames_and_weight_zero_is_no_lora(motion_lora, tmp_path):
+    plain = render(tmp_path, "plain")
+    at = {w: render(tmp_path, f"w{w}", motion_loras=[f"{motion_lora}:{w}"]) for w in (0.0, 0.5, 1.0)}
+    assert np.array_equal(at[0.0], plain)
+    assert np.abs(at[0.5] - plain).mean() > 1e-3
+    assert np.abs(at[1.0] - plain).mean() > np.abs(at[0.5] - plain).mean()
+    settings = json.loads(next((tmp_path / "w0.5").glob("*.json")).read_text())
+    assert settings["motion_loras"] == [f"{motion_lora}:0.5"]
+
+
+@pytest.fixture(scope="module")
+def shapes_concept(tmp_path_factory) -> Path:
+    from cdvideo.demo import write_subject_photos
+
+    folder = tmp_path_factory.mktemp("shapes-concept")
+    write_subject_photos(folder / "photos")
+    config = cdvideo.TrainConfig(images=[str(folder / "photos")], class_word="circle", base="shapes",
+                                 output=str(folder / "concept"), steps=2)  # fmt: skip
+    return cdvideo.train(config, say=lambda s: None, progress=False)
+
+
+def test_motion_lora_stacks_with_the_concept(shapes_concept, motion_lora, tmp_path):
+    import safetensors
+
+    with safetensors.safe_open(shapes_concept / "pytorch_lora_weights.safetensors", "pt") as f:
+        concept_keys = list(f.keys())
+    assert concept_keys and not any("motion_modules" in k for k in concept_keys)
+    concept_only = render(tmp_path, "concept", concept=str(shapes_concept), use_concept=True, lora_scale=0.8)
+    both = {w: render(tmp_path, f"both{w}", concept=str(shapes_concept), use_concept=True, lora_scale=0.8,
+                      motion_loras=[f"{motion_lora}:{w}"]) for w in (0.0, 1.0)}  # fmt: skip
+    # Weight 0 leaves the (then unfused) concept at its own weight: the concept-only frames.
+    np.testing.assert_allclose(both[0.0], concept_only, atol=1e-4)
+    assert np.abs(both[1.0] - concept_only).mean() > 1e-3
+
+
+# -- AnimateDiff-Lightning sampler -------------------------------------------------------------
+
+
+def test_lightning_sampler_preset_is_used_and_recorded(tmp_path):
+    args = ["animate", "a circle", "--no-concept", "--base", "shapes", "--sampler", "lightning",
+            "--frames", "4", "--output", str(tmp_path)]  # fmt: skip
+    assert cli_main(args) == 0
+    settings = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert settings["sampler"] == "lightning" and settings["steps"] == 4 and settings["guidance"] == 1.0
+    scheduler = settings["scheduler"]
+    assert scheduler["class"] == "EulerDiscreteScheduler"
+    assert scheduler["timestep_spacing"] == "trailing" and scheduler["beta_schedule"] == "linear"
+
+
+def test_lightning_steps_and_guidance_can_still_be_set(tmp_path):
+    from cdvideo.rendering import AnimateConfig, resolve
+
+    cfg = resolve(AnimateConfig(prompts=["a dog"], base="shapes", sampler="lightning", steps=8, guidance=1.5), None)
+    assert (cfg.steps, cfg.guidance) == (8, 1.5)
+    cfg = resolve(AnimateConfig(prompts=["a dog"], base="shapes", sampler="lightning"), None)
+    assert (cfg.steps, cfg.guidance) == (4, 1.0)
