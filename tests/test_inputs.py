@@ -18,7 +18,7 @@ from cdvideo import loading
 from cdvideo.cli import main as cli_main
 from cdvideo.motion import parse_motion_lora
 
-QUICK = ["--frames", "4", "--width", "64", "--height", "64", "--steps", "2"]
+QUICK = ["--frames", "2", "--width", "64", "--height", "64", "--steps", "1"]
 
 
 def assert_same_weights(expected: torch.nn.Module, loaded: torch.nn.Module, close: tuple[str, ...] = ()) -> None:
@@ -31,9 +31,11 @@ def assert_same_weights(expected: torch.nn.Module, loaded: torch.nn.Module, clos
             assert torch.equal(a[key], b[key]), key
 
 
-def render(tmp_path: Path, name: str, **settings) -> np.ndarray:
-    values = {"prompts": ["a circle moving right"], "use_concept": False, "base": "shapes", "frames": 4,
-              "steps": 2, "output": str(tmp_path / name), **settings}  # fmt: skip
+def render(tmp_path: Path, name: str, base: Path, adapter: Path | str, **settings) -> np.ndarray:
+    """One quick render on the tiny models; frames as a float array."""
+    values = {"prompts": ["a dog running"], "use_concept": False, "base": str(base), "motion_adapter": str(adapter),
+              "frames": 2, "steps": 1, "width": 64, "height": 64, "output": str(tmp_path / name)}  # fmt: skip
+    values.update(settings)
     (video,) = cdvideo.animate(cdvideo.AnimateConfig(**values), say=lambda s: None, progress=False)
     return video.frames
 
@@ -97,6 +99,14 @@ def test_a_checkpoint_of_another_architecture_is_one_clear_line(community_checkp
 
 
 @pytest.fixture(scope="module")
+def concept(tiny_base, dog_photos, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("c") / "concept"
+    config = cdvideo.TrainConfig(images=[str(dog_photos)], class_word="dog", base=str(tiny_base), output=str(out),
+                                 steps=2, resolution=64)  # fmt: skip
+    return cdvideo.train(config, say=lambda s: None, progress=False)
+
+
+@pytest.fixture(scope="module")
 def shapes_adapter():
     return loading.load_motion_adapter("shapes")
 
@@ -121,16 +131,16 @@ def test_motion_module_frame_limit_and_mid_block_come_from_the_file(shapes_adapt
     assert loading.motion_file_overrides(v1_like) == {"use_motion_mid_block": False, "motion_max_seq_length": 24}
 
 
-def test_animate_with_an_original_motion_module_file(shapes_adapter, tmp_path, capsys):
-    file = tmp_path / "mm_shapes.ckpt"
-    torch.save(animatediff_motion_module(shapes_adapter), file)
-    shipped = render(tmp_path, "folder", motion_adapter="shapes")
-    from_file = render(
-        tmp_path, "file", motion_adapter=str(file), motion_adapter_config=loading.resolve_motion_adapter("shapes")
-    )
-    assert np.abs(from_file - shipped).max() < 0.02  # only the recomputed position tables differ
+def test_animate_with_an_original_motion_module_file(tiny_base, tiny_adapter, tmp_path, capsys):
+    from diffusers import MotionAdapter
+
+    file = tmp_path / "mm_tiny.ckpt"
+    torch.save(animatediff_motion_module(MotionAdapter.from_pretrained(tiny_adapter)), file)
+    from_folder = render(tmp_path, "folder", tiny_base, tiny_adapter)
+    from_file = render(tmp_path, "file", tiny_base, file, motion_adapter_config=str(tiny_adapter))
+    np.testing.assert_allclose(from_file, from_folder, atol=1e-5)
     # Without --motion-adapter-config the file is read as SD1.5's architecture, which it is not.
-    args = ["animate", "a circle", "--no-concept", "--base", "shapes", "--motion-adapter", str(file),
+    args = ["animate", "a dog", "--no-concept", "--base", str(tiny_base), "--motion-adapter", str(file),
             "--output", str(tmp_path / "o"), *QUICK]  # fmt: skip
     assert cli_main(args) == 2
     err = capsys.readouterr().err
@@ -150,14 +160,14 @@ def test_motion_lora_spec_parsing():
 
 
 @pytest.fixture(scope="module")
-def motion_lora(tmp_path_factory) -> Path:
-    """A camera-motion-style LoRA: peft on the motion modules' attention of the Shapes UNetMotionModel."""
-    from diffusers import AnimateDiffPipeline, UNet2DConditionModel, UNetMotionModel
+def motion_lora(tiny_base, tiny_adapter, tmp_path_factory) -> Path:
+    """A camera-motion-style LoRA: peft on the motion modules' attention of a UNetMotionModel."""
+    from diffusers import AnimateDiffPipeline, MotionAdapter, UNet2DConditionModel, UNetMotionModel
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    unet2d = UNet2DConditionModel.from_pretrained(loading.resolve_base("shapes"), subfolder="unet")
-    unet = UNetMotionModel.from_unet2d(unet2d, loading.load_motion_adapter("shapes"))
+    unet2d = UNet2DConditionModel.from_pretrained(tiny_base, subfolder="unet")
+    unet = UNetMotionModel.from_unet2d(unet2d, MotionAdapter.from_pretrained(tiny_adapter))
     targets = [name for name, _ in unet.named_modules()
                if "motion_modules" in name and name.endswith((".to_q", ".to_k", ".to_v", ".to_out.0"))]  # fmt: skip
     torch.manual_seed(3)
@@ -169,9 +179,10 @@ def motion_lora(tmp_path_factory) -> Path:
     return folder / "shapes-zoom.safetensors"
 
 
-def test_motion_lora_weight_moves_the_frames_and_weight_zero_is_no_lora(motion_lora, tmp_path):
-    plain = render(tmp_path, "plain")
-    at = {w: render(tmp_path, f"w{w}", motion_loras=[f"{motion_lora}:{w}"]) for w in (0.0, 0.5, 1.0)}
+def test_motion_lora_weight_moves_the_frames_and_weight_zero_is_no_lora(motion_lora, tiny_base, tiny_adapter, tmp_path):
+    models = (tiny_base, tiny_adapter)
+    plain = render(tmp_path, "plain", *models)
+    at = {w: render(tmp_path, f"w{w}", *models, motion_loras=[f"{motion_lora}:{w}"]) for w in (0.0, 0.5, 1.0)}
     assert np.array_equal(at[0.0], plain)
     assert np.abs(at[0.5] - plain).mean() > 1e-3
     assert np.abs(at[1.0] - plain).mean() > np.abs(at[0.5] - plain).mean()
@@ -179,25 +190,15 @@ def test_motion_lora_weight_moves_the_frames_and_weight_zero_is_no_lora(motion_l
     assert settings["motion_loras"] == [f"{motion_lora}:0.5"]
 
 
-@pytest.fixture(scope="module")
-def shapes_concept(tmp_path_factory) -> Path:
-    from cdvideo.demo import write_subject_photos
-
-    folder = tmp_path_factory.mktemp("shapes-concept")
-    write_subject_photos(folder / "photos")
-    config = cdvideo.TrainConfig(images=[str(folder / "photos")], class_word="circle", base="shapes",
-                                 output=str(folder / "concept"), steps=2)  # fmt: skip
-    return cdvideo.train(config, say=lambda s: None, progress=False)
-
-
-def test_motion_lora_stacks_with_the_concept(shapes_concept, motion_lora, tmp_path):
+def test_motion_lora_stacks_with_the_concept(concept, motion_lora, tiny_base, tiny_adapter, tmp_path):
     import safetensors
 
-    with safetensors.safe_open(shapes_concept / "pytorch_lora_weights.safetensors", "pt") as f:
+    with safetensors.safe_open(concept / "pytorch_lora_weights.safetensors", "pt") as f:
         concept_keys = list(f.keys())
     assert concept_keys and not any("motion_modules" in k for k in concept_keys)
-    concept_only = render(tmp_path, "concept", concept=str(shapes_concept), use_concept=True, lora_scale=0.8)
-    both = {w: render(tmp_path, f"both{w}", concept=str(shapes_concept), use_concept=True, lora_scale=0.8,
+    with_concept = {"concept": str(concept), "use_concept": True, "lora_scale": 0.8}
+    concept_only = render(tmp_path, "concept", tiny_base, tiny_adapter, **with_concept)
+    both = {w: render(tmp_path, f"both{w}", tiny_base, tiny_adapter, **with_concept,
                       motion_loras=[f"{motion_lora}:{w}"]) for w in (0.0, 1.0)}  # fmt: skip
     # Weight 0 leaves the (then unfused) concept at its own weight: the concept-only frames.
     np.testing.assert_allclose(both[0.0], concept_only, atol=1e-4)
@@ -207,9 +208,10 @@ def test_motion_lora_stacks_with_the_concept(shapes_concept, motion_lora, tmp_pa
 # -- AnimateDiff-Lightning sampler -------------------------------------------------------------
 
 
-def test_lightning_sampler_preset_is_used_and_recorded(tmp_path):
-    args = ["animate", "a circle", "--no-concept", "--base", "shapes", "--sampler", "lightning",
-            "--frames", "4", "--output", str(tmp_path)]  # fmt: skip
+def test_lightning_sampler_preset_is_used_and_recorded(tiny_base, tiny_adapter, tmp_path):
+    args = ["animate", "a dog", "--no-concept", "--base", str(tiny_base), "--motion-adapter", str(tiny_adapter),
+            "--sampler", "lightning", "--frames", "2", "--width", "64", "--height", "64",
+            "--output", str(tmp_path)]  # fmt: skip
     assert cli_main(args) == 0
     settings = json.loads(next(tmp_path.glob("*.json")).read_text())
     assert settings["sampler"] == "lightning" and settings["steps"] == 4 and settings["guidance"] == 1.0
