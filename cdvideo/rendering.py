@@ -11,7 +11,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from cdvideo import concept as concepts
-from cdvideo import export, loading, motion, presets
+from cdvideo import export, loading, motion, presets, scaleout
 from cdvideo.atomic import ensure_writable_dir, write_json_atomic
 from cdvideo.errors import UserError
 from cdvideo.prompts import bind_prompt, token_count_warning
@@ -149,7 +149,9 @@ def animate(cfg: AnimateConfig, say: Callable[[str], None] = print, progress: bo
     folder, concept = found if found else (None, None)
     cfg = resolve(cfg, concept)
     validate(cfg)
-    device = loading.pick_device(cfg.device)
+    # Under `accelerate launch`/torchrun each process renders its share of the prompt x seed jobs.
+    share = scaleout.current_share(cpu=cfg.device == "cpu")
+    device = share.device or loading.pick_device(cfg.device)
     dtype = loading.pick_dtype(device, cfg.precision)
     out = ensure_writable_dir(Path(cfg.output))
     pipe = build_pipeline(cfg, device, dtype)
@@ -167,6 +169,7 @@ def animate(cfg: AnimateConfig, say: Callable[[str], None] = print, progress: bo
         **{k: v for k, v in pipe.scheduler.config.items() if not k.startswith("_")},
     }
     videos = []
+    jobs = iter(range(len(cfg.prompts) * len(cfg.seeds)))
     for prompt in cfg.prompts:
         rendered = prompt
         if concept:
@@ -179,6 +182,8 @@ def animate(cfg: AnimateConfig, say: Callable[[str], None] = print, progress: bo
         if warning:
             say(f"warning: {warning}")
         for seed in cfg.seeds:
+            if not share.mine(next(jobs)):
+                continue
             start = time.time()
             generator = torch.Generator("cpu").manual_seed(seed)
             result = pipe(
@@ -211,4 +216,5 @@ def animate(cfg: AnimateConfig, say: Callable[[str], None] = print, progress: bo
             write_json_atomic(files["json"], settings)
             videos.append(Video(prompt, rendered, seed, files, frames, time.time() - start))
             say(f"wrote {files['mp4']} and {files['gif']}")
+    share.wait_for_everyone()
     return videos
