@@ -38,6 +38,8 @@ def _train_parser(sub) -> None:
     p.add_argument("--resume", help="'latest' or a checkpoint folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device")
+    p.add_argument("--gradient-accumulation", type=int, metavar="N", help="batches per optimizer step (default 1)")
+    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], help="autocast precision (default no)")
 
 
 def _animate_parser(sub) -> None:

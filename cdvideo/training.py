@@ -17,12 +17,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from diffusers import DDPMScheduler
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from tqdm.auto import tqdm
 
-from cdvideo import checkpoints, data, loading, presets
+from cdvideo import checkpoints, data, loading, presets, scaleout
 from cdvideo.atomic import ensure_writable_dir, write_json_atomic
 from cdvideo.concept import Concept, save_concept
 from cdvideo.errors import UserError
@@ -221,6 +222,11 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     cpu = cfg.device == "cpu" or (cfg.device is None and not torch.cuda.is_available())
     if cfg.mixed_precision == "fp16" and cpu:
         raise UserError("--mixed-precision fp16 needs a CUDA GPU; use bf16 or no on the CPU")
+    if scaleout.launched_processes() <= 1:
+        # accelerate keeps its settings process-wide; a second train() in one Python session
+        # (a notebook) may ask for another precision or accumulation.
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
     # Trainable LoRA and embedding stay fp32 (fp16 parameters cannot be unscaled); autocast
     # computes in the lower precision.
     return Accelerator(

@@ -18,7 +18,7 @@ from cdvideo import loading
 from cdvideo.cli import main as cli_main
 from cdvideo.motion import parse_motion_lora
 
-QUICK = ["--frames", "2", "--width", "64", "--height", "64", "--steps", "1"]
+QUICK = ["--frames", "2", "--width", "64", "--height", "64", "--steps", "2"]
 
 
 def assert_same_weights(expected: torch.nn.Module, loaded: torch.nn.Module, close: tuple[str, ...] = ()) -> None:
@@ -34,7 +34,7 @@ def assert_same_weights(expected: torch.nn.Module, loaded: torch.nn.Module, clos
 def render(tmp_path: Path, name: str, base: Path, adapter: Path | str, **settings) -> np.ndarray:
     """One quick render on the tiny models; frames as a float array."""
     values = {"prompts": ["a dog running"], "use_concept": False, "base": str(base), "motion_adapter": str(adapter),
-              "frames": 2, "steps": 1, "width": 64, "height": 64, "output": str(tmp_path / name)}  # fmt: skip
+              "frames": 2, "steps": 2, "width": 64, "height": 64, "output": str(tmp_path / name)}  # fmt: skip
     values.update(settings)
     (video,) = cdvideo.animate(cdvideo.AnimateConfig(**values), say=lambda s: None, progress=False)
     return video.frames
@@ -160,17 +160,32 @@ def test_motion_lora_spec_parsing():
 
 
 @pytest.fixture(scope="module")
-def motion_lora(tiny_base, tiny_adapter, tmp_path_factory) -> Path:
+def live_adapter(tiny_adapter, tmp_path_factory) -> Path:
+    """The tiny adapter as if trained: a fresh one's output projections are zero, so it does nothing."""
+    from diffusers import MotionAdapter
+
+    adapter = MotionAdapter.from_pretrained(tiny_adapter)
+    torch.manual_seed(4)
+    for name, module in adapter.named_modules():
+        if name.endswith("proj_out"):
+            torch.nn.init.normal_(module.weight, std=0.2)
+    folder = tmp_path_factory.mktemp("live-adapter")
+    adapter.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def motion_lora(tiny_base, live_adapter, tmp_path_factory) -> Path:
     """A camera-motion-style LoRA: peft on the motion modules' attention of a UNetMotionModel."""
     from diffusers import AnimateDiffPipeline, MotionAdapter, UNet2DConditionModel, UNetMotionModel
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
     unet2d = UNet2DConditionModel.from_pretrained(tiny_base, subfolder="unet")
-    unet = UNetMotionModel.from_unet2d(unet2d, MotionAdapter.from_pretrained(tiny_adapter))
-    # Attention and the output projection: an untrained adapter's zero-initialised proj_out would
-    # otherwise silence the whole motion module.
-    ends = (".to_q", ".to_k", ".to_v", ".to_out.0", ".proj_out")
+    unet = UNetMotionModel.from_unet2d(unet2d, MotionAdapter.from_pretrained(live_adapter))
+    # Attention only, as AnimateDiff's motion LoRAs (diffusers calls proj_out(input=...), which a
+    # peft LoRA layer on it cannot take).
+    ends = (".to_q", ".to_k", ".to_v", ".to_out.0")
     targets = [name for name, _ in unet.named_modules() if "motion_modules" in name and name.endswith(ends)]
     torch.manual_seed(3)
     unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=targets, init_lora_weights=False))
@@ -181,8 +196,9 @@ def motion_lora(tiny_base, tiny_adapter, tmp_path_factory) -> Path:
     return folder / "shapes-zoom.safetensors"
 
 
-def test_motion_lora_weight_moves_the_frames_and_weight_zero_is_no_lora(motion_lora, tiny_base, tiny_adapter, tmp_path):
-    models = (tiny_base, tiny_adapter)
+@pytest.mark.slow
+def test_motion_lora_weight_moves_the_frames_and_weight_zero_is_no_lora(motion_lora, tiny_base, live_adapter, tmp_path):
+    models = (tiny_base, live_adapter)
     plain = render(tmp_path, "plain", *models)
     at = {w: render(tmp_path, f"w{w}", *models, motion_loras=[f"{motion_lora}:{w}"]) for w in (0.0, 0.5, 1.0)}
     assert np.array_equal(at[0.0], plain)
@@ -193,15 +209,15 @@ def test_motion_lora_weight_moves_the_frames_and_weight_zero_is_no_lora(motion_l
 
 
 @pytest.mark.slow
-def test_motion_lora_stacks_with_the_concept(concept, motion_lora, tiny_base, tiny_adapter, tmp_path):
+def test_motion_lora_stacks_with_the_concept(concept, motion_lora, tiny_base, live_adapter, tmp_path):
     import safetensors
 
     with safetensors.safe_open(concept / "pytorch_lora_weights.safetensors", "pt") as f:
         concept_keys = list(f.keys())
     assert concept_keys and not any("motion_modules" in k for k in concept_keys)
     with_concept = {"concept": str(concept), "use_concept": True, "lora_scale": 0.8}
-    concept_only = render(tmp_path, "concept", tiny_base, tiny_adapter, **with_concept)
-    both = {w: render(tmp_path, f"both{w}", tiny_base, tiny_adapter, **with_concept,
+    concept_only = render(tmp_path, "concept", tiny_base, live_adapter, **with_concept)
+    both = {w: render(tmp_path, f"both{w}", tiny_base, live_adapter, **with_concept,
                       motion_loras=[f"{motion_lora}:{w}"]) for w in (0.0, 1.0)}  # fmt: skip
     # Weight 0 leaves the (then unfused) concept at its own weight: the concept-only frames.
     np.testing.assert_allclose(both[0.0], concept_only, atol=1e-4)
