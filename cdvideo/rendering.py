@@ -150,7 +150,7 @@ def animate(cfg: AnimateConfig, say: Callable[[str], None] = print, progress: bo
     cfg = resolve(cfg, concept)
     validate(cfg)
     # Under `accelerate launch`/torchrun each process renders its share of the prompt x seed jobs.
-    share = scaleout.current_share(cpu=cfg.device == "cpu")
+    share = scaleout.current_share(cfg.device)
     device = share.device or loading.pick_device(cfg.device)
     dtype = loading.pick_dtype(device, cfg.precision)
     out = ensure_writable_dir(Path(cfg.output))

@@ -32,10 +32,15 @@ def launched_processes() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def current_share(cpu: bool = False) -> Share:
+def on_cpu(device: str | None) -> bool:
+    """accelerate joins CPU processes into one run only when told they are on the CPU."""
+    return device == "cpu" or (device is None and not torch.cuda.is_available())
+
+
+def current_share(device: str | None = None) -> Share:
     if launched_processes() <= 1:
         return Share(0, 1)
     from accelerate import PartialState
 
-    state = PartialState(cpu=cpu)
+    state = PartialState(cpu=on_cpu(device))
     return Share(state.process_index, state.num_processes, state.device)

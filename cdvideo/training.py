@@ -219,7 +219,7 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
         loading.pick_device(cfg.device)  # a clear error for an unavailable device
     if cfg.mixed_precision not in ("no", "fp16", "bf16"):
         raise UserError(f"--mixed-precision must be no, fp16 or bf16 (got {cfg.mixed_precision!r})")
-    cpu = cfg.device == "cpu" or (cfg.device is None and not torch.cuda.is_available())
+    cpu = scaleout.on_cpu(cfg.device)
     if cfg.mixed_precision == "fp16" and cpu:
         raise UserError("--mixed-precision fp16 needs a CUDA GPU; use bf16 or no on the CPU")
     if scaleout.launched_processes() <= 1:
