@@ -67,14 +67,16 @@ def test_two_process_training_averages_gradients_and_writes_the_concept_once(tin
     assert concept.steps == 3
 
 
-def test_gradient_accumulation_takes_one_optimizer_step_per_n_batches(tiny_base, dog_photos, tmp_path):
+def test_gradient_accumulation_and_bf16_autocast_in_one_process(tiny_base, dog_photos, tmp_path):
     syncs = []
     cfg = cdvideo.TrainConfig(images=[str(dog_photos)], class_word="dog", base=str(tiny_base),
                               output=str(tmp_path / "c"), steps=2, resolution=64, batch_size=1,
-                              gradient_accumulation=2)  # fmt: skip
+                              gradient_accumulation=2, mixed_precision="bf16")  # fmt: skip
     cdvideo.train(cfg, say=lambda s: None, progress=False, after_backward=lambda models: syncs.append(1))
     assert len(syncs) == 2  # 4 batches, 2 synchronised updates
     assert concepts.load_concept(tmp_path / "c").steps == 2
+    lora = load_file(tmp_path / "c" / concepts.LORA_FILE)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in lora.values())
 
 
 @pytest.mark.slow
