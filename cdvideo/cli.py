@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from cdvideo.errors import UserError
+from cdvideo.presets import SAMPLERS
 
 
 def _train_parser(sub) -> None:
@@ -60,9 +61,7 @@ def _animate_parser(sub) -> None:
         metavar="PATH[:WEIGHT]",
         help="motion LoRA (camera pan/zoom) file, folder or hub id; repeatable",
     )
-    p.add_argument(
-        "--sampler", choices=["default", "lightning"], help="lightning: Euler, trailing, 4 steps, guidance 1"
-    )
+    p.add_argument("--sampler", choices=["default", *SAMPLERS], help="lightning: Euler, trailing, 4 steps, guidance 1")
     p.add_argument("--negative-prompt")
     p.add_argument("--frames", type=int)
     p.add_argument("--width", type=int)

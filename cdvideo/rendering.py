@@ -81,8 +81,9 @@ def resolve(cfg: AnimateConfig, concept: concepts.Concept | None) -> AnimateConf
     values["base"] = base
     if sampler:
         # The distilled adapter's own steps and guidance, unless asked otherwise.
-        values["steps"] = values["steps"] or sampler.steps
-        values["guidance"] = sampler.guidance if values["guidance"] is None else values["guidance"]
+        for name in ("steps", "guidance"):
+            if values[name] is None:
+                values[name] = getattr(sampler, name)
     for name, default in (
         ("motion_adapter", preset.motion_adapter),
         ("negative_prompt", preset.negative_prompt),

@@ -227,6 +227,8 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
         # (a notebook) may ask for another precision or accumulation.
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
+        if cfg.device and cfg.device.startswith("cuda:"):
+            torch.cuda.set_device(cfg.device)  # accelerate's "cuda" is the current device
     # Trainable LoRA and embedding stay fp32 (fp16 parameters cannot be unscaled); autocast
     # computes in the lower precision.
     return Accelerator(

@@ -104,3 +104,13 @@ def test_batch_rendering_splits_prompt_seed_jobs_and_writes_each_once(tiny_base,
     assert not list(out.glob(".*"))  # no temp files left behind
     seeds = sorted((json.loads(p.read_text())["prompt"], json.loads(p.read_text())["seed"]) for p in out.glob("*.json"))
     assert len(set(seeds)) == 6
+
+
+def test_fp16_autocast_on_the_cpu_is_one_clear_line(tiny_base, dog_photos, tmp_path, capsys):
+    from conftest import cli_train_args
+
+    from cdvideo.cli import main as cli_main
+
+    args = cli_train_args(tiny_base, dog_photos, tmp_path / "c", "--mixed-precision", "fp16", "--device", "cpu")
+    assert cli_main(args) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
