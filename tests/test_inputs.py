@@ -124,6 +124,14 @@ def test_original_motion_module_file_loads_as_the_adapter_it_came_from(shapes_ad
     assert adapter.config.motion_max_seq_length == 32 and adapter.config.use_motion_mid_block
 
 
+def test_single_file_in_diffusers_keys_loads_too(shapes_adapter, tmp_path):
+    # AnimateDiff-Lightning ships its adapters this way (`animatediff_lightning_4step_diffusers.safetensors`).
+    file = tmp_path / "lightning_4step_diffusers.safetensors"
+    save_file({k: v.contiguous() for k, v in shapes_adapter.state_dict().items()}, file)
+    adapter = loading.load_motion_adapter(str(file), config=loading.resolve_motion_adapter("shapes"))
+    assert_same_weights(shapes_adapter, adapter)
+
+
 def test_motion_module_frame_limit_and_mid_block_come_from_the_file(shapes_adapter):
     state = animatediff_motion_module(shapes_adapter)
     v1_like = {k: (v[:, :24] if k.endswith("pos_encoder.pe") else v) for k, v in state.items()}
