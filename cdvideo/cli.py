@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from cdvideo.errors import UserError
+from cdvideo.presets import SAMPLERS
 
 
 def _train_parser(sub) -> None:
@@ -39,6 +40,8 @@ def _train_parser(sub) -> None:
     p.add_argument("--resume", help="'latest' or a checkpoint folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device")
+    p.add_argument("--gradient-accumulation", type=int, metavar="N", help="batches per optimizer step (default 1)")
+    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], help="autocast precision (default no)")
 
 
 def _animate_parser(sub) -> None:
@@ -50,7 +53,16 @@ def _animate_parser(sub) -> None:
     group.add_argument("--no-concept", action="store_true", help="render the base model alone")
     p.add_argument("--base", help="default: the concept's base model, else SD1.5")
     p.add_argument("--base-config")
-    p.add_argument("--motion-adapter")
+    p.add_argument("--motion-adapter", help="diffusers folder or hub id, or an original mm_*.ckpt/.safetensors file")
+    p.add_argument("--motion-adapter-config", help="diffusers MotionAdapter folder giving a single file's architecture")
+    p.add_argument(
+        "--motion-lora",
+        action="append",
+        dest="motion_loras",
+        metavar="PATH[:WEIGHT]",
+        help="motion LoRA (camera pan/zoom) file, folder or hub id; repeatable",
+    )
+    p.add_argument("--sampler", choices=["default", *SAMPLERS], help="lightning: Euler, trailing, 4 steps, guidance 1")
     p.add_argument("--negative-prompt")
     p.add_argument("--frames", type=int)
     p.add_argument("--width", type=int)

@@ -25,6 +25,7 @@ FORMAT_VERSION = 1
 MANIFEST = "cdvideo.json"
 LORA_FILE = "pytorch_lora_weights.safetensors"
 EMBEDS_FILE = "learned_embeds.safetensors"
+ADAPTER_NAME = "concept"  # the concept LoRA's adapter name inside a pipeline
 
 
 @dataclass
@@ -100,10 +101,10 @@ def load_concept(folder: Path | str) -> Concept:
 def apply_concept(pipe, folder: Path | str, concept: Concept, scale: float = 1.0, fuse: bool = True) -> None:
     """Load a concept into any SD1.5-family diffusers pipeline with the stock loaders."""
     folder = Path(folder)
-    pipe.load_lora_weights(str(folder), weight_name=LORA_FILE, adapter_name="concept")
+    pipe.load_lora_weights(str(folder), weight_name=LORA_FILE, adapter_name=ADAPTER_NAME)
     pipe.load_textual_inversion(str(folder / EMBEDS_FILE), token=concept.token)
     if fuse:
         # Fused weights cost nothing per step at render time.
-        pipe.fuse_lora(lora_scale=scale, adapter_names=["concept"])
+        pipe.fuse_lora(lora_scale=scale, adapter_names=[ADAPTER_NAME])
     elif scale != 1.0:
-        pipe.set_adapters(["concept"], adapter_weights=[scale])
+        pipe.set_adapters([ADAPTER_NAME], adapter_weights=[scale])

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
 from diffusers import AnimateDiffPipeline, MotionAdapter, StableDiffusionPipeline
+from diffusers.loaders.single_file_utils import SingleFileComponentError
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from cdvideo.errors import UserError
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+# Diffusers configs (no weights) for single-file checkpoints, so that loading one needs no network.
+CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+SD15_CONFIG = CONFIGS_DIR / "sd15"
+SD15_MOTION_CONFIG = SD15_CONFIG / "motion_adapter"
 
 
 def resolve_base(base: str) -> str:
@@ -56,43 +64,108 @@ def pick_dtype(device: torch.device, precision: str | None) -> torch.dtype:
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
-def _load_errors(what: str, name: str, err: Exception) -> UserError:
+def _load_errors(what: str, name: str, err: Exception, hint: str | None = None) -> UserError:
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    hint = "check the name and network, or give a local folder ('shapes' works offline)"
+    hint = hint or "check the name and network, or give a local folder ('shapes' works offline)"
     return UserError(f"could not load {what} '{name}' ({hint}): {first[:240]}")
+
+
+def is_single_file(source: str) -> bool:
+    return source.endswith(SINGLE_FILE_SUFFIXES) and Path(source).is_file()
+
+
+def _config_dir(config: str | None, default: Path, needs: tuple[str, ...], flag: str) -> str:
+    folder = Path(config) if config else default
+    missing = [name for name in needs if not (folder / name).exists()]
+    if missing:
+        where = f"{flag} {folder}" if config else f"the shipped configs in {folder}"
+        raise UserError(
+            f"{where} lacks {', '.join(missing)}; pass {flag} with a diffusers model folder (weights not needed)"
+        )
+    return str(folder)
 
 
 def load_image_pipeline(
     base: str, dtype: torch.dtype = torch.float32, config: str | None = None
 ) -> StableDiffusionPipeline:
-    """SD1.5-family pipeline from a hub id, a local diffusers folder, or a single checkpoint file."""
+    """SD1.5-family pipeline from a hub id, a local diffusers folder, or a single checkpoint file.
+
+    A single file (a community checkpoint in the original SD layout) takes its architecture,
+    scheduler and tokenizer from `config`, a diffusers folder, by default the shipped SD1.5 one.
+    """
     source = resolve_base(base)
+    hint = None
+    # diffusers reads a .ckpt with torch.load(weights_only=True): a crafted pickle fails to load.
     kwargs = {"dtype": dtype, "safety_checker": None, "requires_safety_checker": False}
     try:
-        if source.endswith(SINGLE_FILE_SUFFIXES) and Path(source).is_file():
-            if config:
-                kwargs["config"] = config
-            pipe = StableDiffusionPipeline.from_single_file(source, **kwargs)
+        if is_single_file(source):
+            hint = "is it an SD1-family checkpoint? --base-config names a diffusers folder of the same architecture"
+            needs = ("model_index.json", "unet/config.json", "vae/config.json", "text_encoder/config.json", "tokenizer")
+            kwargs["config"] = _config_dir(config, SD15_CONFIG, needs, "--base-config")
+            pipe = StableDiffusionPipeline.from_single_file(source, local_files_only=True, **kwargs)
         else:
             if Path(source).exists() and not (Path(source) / "model_index.json").exists():
                 raise UserError(f"{source} is not a diffusers model folder (no model_index.json)")
             pipe = StableDiffusionPipeline.from_pretrained(source, **kwargs)
     except UserError:
         raise
-    except (OSError, ValueError) as err:
-        raise _load_errors("base model", base, err) from err
+    except (OSError, ValueError, RuntimeError, SingleFileComponentError) as err:
+        raise _load_errors("base model", base, err, hint) from err
     pipe.set_progress_bar_config(leave=False)
     return pipe
 
 
-def load_motion_adapter(name: str, dtype: torch.dtype = torch.float32) -> MotionAdapter:
-    source = resolve_motion_adapter(name)
+def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """Tensors of a .safetensors or .ckpt file; a pickle is read weights-only, never executed."""
     try:
-        if source.endswith(SINGLE_FILE_SUFFIXES) and Path(source).is_file():
-            return MotionAdapter.from_single_file(source, dtype=dtype)
+        if path.endswith(".safetensors"):
+            return load_file(path)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UserError(
+            f"{path} holds Python objects besides tensors; refusing to unpickle it (use a .safetensors file)"
+        ) from err
+    except (OSError, RuntimeError, SafetensorError) as err:
+        raise UserError(f"could not read {path}: {str(err).splitlines()[0][:200]}") from err
+    # Training checkpoints wrap the weights; motion-module files are usually flat.
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path} is not a file of named tensors")
+    return state
+
+
+def motion_file_overrides(state: dict[str, torch.Tensor]) -> dict:
+    """What an original motion-module file says about itself: frame limit and mid block (v1/v2/v3 differ)."""
+    overrides = {"use_motion_mid_block": any(k.startswith("mid_block.") for k in state)}
+    for key, value in state.items():
+        if key.endswith(("pos_encoder.pe", "pos_embed.pe")):
+            overrides["motion_max_seq_length"] = value.shape[1]
+            break
+    return overrides
+
+
+def load_motion_adapter(name: str, dtype: torch.dtype = torch.float32, config: str | None = None) -> MotionAdapter:
+    """A diffusers MotionAdapter folder or hub id, or an original AnimateDiff motion-module file.
+
+    A single file takes its architecture from `config` (default: SD1.5's motion adapter), with
+    the frame limit and mid block read from the file itself.
+    """
+    source = resolve_motion_adapter(name)
+    hint = None
+    try:
+        if is_single_file(source):
+            hint = "for a motion module not shaped like SD1.5's, give --motion-adapter-config FOLDER"
+            folder = _config_dir(config, SD15_MOTION_CONFIG, ("config.json",), "--motion-adapter-config")
+            state = read_state_dict(source)
+            return MotionAdapter.from_single_file(
+                state, config=folder, local_files_only=True, torch_dtype=dtype, **motion_file_overrides(state)
+            )
         return MotionAdapter.from_pretrained(source, dtype=dtype)
-    except (OSError, ValueError) as err:
-        raise _load_errors("motion adapter", name, err) from err
+    except UserError:
+        raise
+    except (OSError, ValueError, RuntimeError, SingleFileComponentError) as err:
+        raise _load_errors("motion adapter", name, err, hint) from err
 
 
 def video_pipeline(image: StableDiffusionPipeline, adapter: MotionAdapter) -> AnimateDiffPipeline:

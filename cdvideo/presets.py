@@ -74,5 +74,28 @@ SHAPES = Preset(
 )
 
 
+@dataclass(frozen=True)
+class Sampler:
+    """A sampler preset: scheduler class and settings, and the steps/guidance it was distilled for."""
+
+    name: str
+    scheduler_class: str
+    scheduler: dict
+    steps: int
+    guidance: float
+
+
+# AnimateDiff-Lightning (ByteDance): distilled adapters sample with Euler, trailing timesteps,
+# linear betas and no classifier-free guidance; 4 steps for the 4-step adapter (1/2/8 exist too).
+LIGHTNING = Sampler(
+    name="lightning",
+    scheduler_class="EulerDiscreteScheduler",
+    scheduler={"timestep_spacing": "trailing", "beta_schedule": "linear"},
+    steps=4,
+    guidance=1.0,
+)
+SAMPLERS = {"lightning": LIGHTNING}
+
+
 def preset_for(base: str) -> Preset:
     return SHAPES if base == "shapes" else SD15

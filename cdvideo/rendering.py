@@ -11,7 +11,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from cdvideo import concept as concepts
-from cdvideo import export, loading, presets, sheets
+from cdvideo import export, loading, motion, presets, scaleout, sheets
 from cdvideo.atomic import ensure_writable_dir, write_json_atomic, write_yaml_atomic
 from cdvideo.errors import UserError
 from cdvideo.prompts import bind_prompt, token_count_warning
@@ -41,6 +41,9 @@ class AnimateConfig:
     precision: str | None = None
     device: str | None = None
     base_config: str | None = None
+    motion_adapter_config: str | None = None  # architecture of a single-file motion module
+    motion_loras: list[str] = field(default_factory=list)  # "PATH[:WEIGHT]" each
+    sampler: str | None = None  # None: the family's sampler; "lightning": AnimateDiff-Lightning's
 
 
 @dataclass
@@ -74,8 +77,14 @@ def resolve(cfg: AnimateConfig, concept: concepts.Concept | None) -> AnimateConf
             f"concept was trained on base '{concept.base}', not '{base}'; pass --base {concept.base} or --no-concept"
         )
     preset = presets.preset_for(base)
+    sampler = _sampler(cfg.sampler)
     values = dict(cfg.__dict__)
     values["base"] = base
+    if sampler:
+        # The distilled adapter's own steps and guidance, unless asked otherwise.
+        for name in ("steps", "guidance"):
+            if values[name] is None:
+                values[name] = getattr(sampler, name)
     for name, default in (
         ("motion_adapter", preset.motion_adapter),
         ("negative_prompt", preset.negative_prompt),
@@ -91,6 +100,26 @@ def resolve(cfg: AnimateConfig, concept: concepts.Concept | None) -> AnimateConf
     return AnimateConfig(**values)
 
 
+def _sampler(name: str | None) -> presets.Sampler | None:
+    if name in (None, "default"):
+        return None
+    if name not in presets.SAMPLERS:
+        raise UserError(f"--sampler {name!r} is unknown; choose one of {['default', *presets.SAMPLERS]}")
+    return presets.SAMPLERS[name]
+
+
+def make_scheduler(cfg: AnimateConfig, base_scheduler_config):
+    """The family's sampler (AnimateDiff's DDIM for SD1.5), or a named sampler preset over it."""
+    overrides = dict(presets.preset_for(cfg.base).scheduler)
+    sampler = _sampler(cfg.sampler)
+    if sampler is None:
+        return DDIMScheduler.from_config(base_scheduler_config, **overrides)
+    import diffusers
+
+    scheduler_class = getattr(diffusers, sampler.scheduler_class)
+    return scheduler_class.from_config(base_scheduler_config, **{**overrides, **sampler.scheduler})
+
+
 def validate(cfg: AnimateConfig) -> None:
     if not cfg.prompts or not all(p.strip() for p in cfg.prompts):
         raise UserError("give at least one non-empty prompt")
@@ -98,20 +127,21 @@ def validate(cfg: AnimateConfig) -> None:
         raise UserError(f"--width and --height must be multiples of 8 (got {cfg.width}x{cfg.height})")
     if cfg.steps <= 0 or cfg.frames <= 0 or cfg.fps <= 0:
         raise UserError("--steps, --frames and --fps must be positive")
+    for spec in cfg.motion_loras:
+        motion.parse_motion_lora(spec)
 
 
 def build_pipeline(cfg: AnimateConfig, device: torch.device, dtype: torch.dtype):
     """Base model + motion adapter as one AnimateDiffPipeline with the family's sampler."""
     image = loading.load_image_pipeline(cfg.base, dtype, config=cfg.base_config)
-    adapter = loading.load_motion_adapter(cfg.motion_adapter, dtype)
+    adapter = loading.load_motion_adapter(cfg.motion_adapter, dtype, config=cfg.motion_adapter_config)
     limit = adapter.config.motion_max_seq_length
     if cfg.frames > limit:
         raise UserError(
             f"--frames {cfg.frames} is more than the motion adapter's {limit}; use --frames {limit} or fewer"
         )
     pipe = loading.video_pipeline(image, adapter)
-    overrides = presets.preset_for(cfg.base).scheduler
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, **overrides)
+    pipe.scheduler = make_scheduler(cfg, pipe.scheduler.config)
     return pipe.to(device)
 
 
@@ -121,19 +151,27 @@ def animate(cfg: AnimateConfig, say: Callable[[str], None] = print, progress: bo
     folder, concept = found if found else (None, None)
     cfg = resolve(cfg, concept)
     validate(cfg)
-    device = loading.pick_device(cfg.device)
+    # Under `accelerate launch`/torchrun each process renders its share of the prompt x seed jobs.
+    share = scaleout.current_share(cfg.device)
+    device = share.device or loading.pick_device(cfg.device)
     dtype = loading.pick_dtype(device, cfg.precision)
     out = ensure_writable_dir(Path(cfg.output))
     pipe = build_pipeline(cfg, device, dtype)
     pipe.set_progress_bar_config(disable=not progress, leave=False)
     if concept:
-        concepts.apply_concept(pipe, folder, concept, scale=cfg.lora_scale)
+        # Fused weights are fastest, but stacking motion LoRAs needs the concept as a live adapter.
+        concepts.apply_concept(pipe, folder, concept, scale=cfg.lora_scale, fuse=not cfg.motion_loras)
         say(f"concept {concept.token} ({concept.class_word}) from {folder}")
+    if cfg.motion_loras:
+        concept_scale = cfg.lora_scale if concept else None
+        for name, weight in motion.apply_motion_loras(pipe, cfg.motion_loras, concept_scale):
+            say(f"motion LoRA {name} at weight {weight}")
     scheduler_settings = {
         "class": type(pipe.scheduler).__name__,
         **{k: v for k, v in pipe.scheduler.config.items() if not k.startswith("_")},
     }
     videos = []
+    jobs = iter(range(len(cfg.prompts) * len(cfg.seeds)))
     for prompt in cfg.prompts:
         rendered = prompt
         if concept:
@@ -146,6 +184,8 @@ def animate(cfg: AnimateConfig, say: Callable[[str], None] = print, progress: bo
         if warning:
             say(f"warning: {warning}")
         for seed in cfg.seeds:
+            if not share.mine(next(jobs)):
+                continue
             start = time.time()
             generator = torch.Generator("cpu").manual_seed(seed)
             result = pipe(
@@ -178,9 +218,12 @@ def animate(cfg: AnimateConfig, say: Callable[[str], None] = print, progress: bo
             write_json_atomic(files["json"], settings)
             videos.append(Video(prompt, rendered, seed, files, frames, time.time() - start))
             say(f"wrote {files['mp4']} and {files['gif']}")
-    if len(videos) > 1:
+    share.wait_for_everyone()
+    # A process split holds only its own share of the frames, so sheets come from one-process runs.
+    if share.count == 1 and len(videos) > 1:
         sheet = sheets.write_contact_sheets([v.frames for v in videos], len(cfg.seeds), out, fps=cfg.fps)
         say(f"wrote contact sheets {sheet['png']} and {sheet['gif']} (rows: prompts, columns: seeds)")
-    resolved = {**asdict(cfg), "concept": str(folder) if folder else None}
-    write_yaml_atomic(out / RESOLVED_FILE, resolved, header="# rerun: cdvideo animate --prompt-file THIS\n")
+    if share.index == 0:
+        resolved = {**asdict(cfg), "concept": str(folder) if folder else None}
+        write_yaml_atomic(out / RESOLVED_FILE, resolved, header="# rerun: cdvideo animate --prompt-file THIS\n")
     return videos

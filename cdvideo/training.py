@@ -16,12 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from diffusers import DDPMScheduler
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from tqdm.auto import tqdm
 
-from cdvideo import checkpoints, data, loading, presets
+from cdvideo import checkpoints, data, loading, presets, scaleout
 from cdvideo.atomic import ensure_writable_dir, write_json_atomic
 from cdvideo.concept import Concept, save_concept
 from cdvideo.errors import UserError
@@ -56,6 +58,8 @@ class TrainConfig:
     resume: str | None = None
     device: str | None = None
     base_config: str | None = None  # local diffusers config folder for single-file checkpoints
+    gradient_accumulation: int = 1  # batches per optimizer step
+    mixed_precision: str = "no"  # no | fp16 | bf16 (autocast; trainable weights stay fp32)
 
     def resolved(self) -> TrainConfig:
         """Fill unset fields from the base model family's preset."""
@@ -81,8 +85,8 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(f"--steps must be positive (got {cfg.steps})")
     if cfg.resolution % 8:
         raise UserError(f"--resolution must be a multiple of 8 (got {cfg.resolution})")
-    if cfg.rank <= 0 or cfg.batch_size <= 0:
-        raise UserError("--rank and --batch-size must be positive")
+    if cfg.rank <= 0 or cfg.batch_size <= 0 or cfg.gradient_accumulation <= 0:
+        raise UserError("--rank, --batch-size and --gradient-accumulation must be positive")
     if cfg.spl_weight < 0 or cfg.prior_weight < 0:
         raise UserError("--spl-weight and --prior-weight must be >= 0")
     if not cfg.class_word.strip():
@@ -181,6 +185,66 @@ def make_trainable(cfg: TrainConfig, unet, text_encoder, vae, token_id: int):
     return embeddings, optimizer
 
 
+def _batch_loss(cfg, batch, unet, text_encoder, noise_scheduler, generator, scaling_factor):
+    """One batch of the ClassDiffusion objective; returns (loss, its parts, the concept's EOS features)."""
+    instance_mean, instance_std = batch["instance"]
+    device = instance_mean.device
+    picks = torch.randint(len(instance_mean), (cfg.batch_size,), generator=generator, device=device)
+    latents = instance_mean[picks] + instance_std[picks] * torch.randn(
+        instance_mean[picks].shape, generator=generator, device=device
+    )
+    latents = latents * scaling_factor
+    # The concept phrase is the same for every item: encode it once, share it across the batch.
+    concept_hidden = text_encoder(batch["concept_ids"])[0]
+    concept_features = at_eos(concept_hidden, batch["concept_ids"], batch["eos_id"])
+    hidden = concept_hidden.expand(cfg.batch_size, -1, -1)
+    if batch["class"] is not None:
+        class_mean, class_std = batch["class"]
+        picks_c = torch.randint(len(class_mean), (cfg.batch_size,), generator=generator, device=device)
+        prior = class_mean[picks_c] + class_std[picks_c] * torch.randn(
+            class_mean[picks_c].shape, generator=generator, device=device
+        )
+        latents = torch.cat([latents, prior * scaling_factor])
+        hidden = torch.cat([hidden, batch["class_hidden"].expand(cfg.batch_size, -1, -1)])
+    noise = torch.randn(latents.shape, generator=generator, device=device)
+    timesteps = torch.randint(
+        0, noise_scheduler.config.num_train_timesteps, (len(latents),), generator=generator, device=device
+    )
+    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+    prediction = unet(noisy, timesteps, hidden).sample
+    target = _diffusion_target(noise_scheduler, latents, noise, timesteps)
+    errors = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    mse = errors[: cfg.batch_size].mean()
+    prior_loss = errors[cfg.batch_size :].mean() if batch["class"] is not None else torch.zeros((), device=device)
+    spl = semantic_preservation_loss(concept_features, batch["class_features"])
+    loss = mse + cfg.prior_weight * prior_loss + cfg.spl_weight * spl
+    return loss, {"mse": mse, "spl": spl, "prior": prior_loss}, concept_features
+
+
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    """One process: a plain loop on the chosen device. Under `accelerate launch`: data parallel,
+    mixed precision and gradient accumulation, as launched."""
+    if cfg.device:
+        loading.pick_device(cfg.device)  # a clear error for an unavailable device
+    if cfg.mixed_precision not in ("no", "fp16", "bf16"):
+        raise UserError(f"--mixed-precision must be no, fp16 or bf16 (got {cfg.mixed_precision!r})")
+    cpu = scaleout.on_cpu(cfg.device)
+    if cfg.mixed_precision == "fp16" and cpu:
+        raise UserError("--mixed-precision fp16 needs a CUDA GPU; use bf16 or no on the CPU")
+    if scaleout.launched_processes() <= 1:
+        # accelerate keeps its settings process-wide; a second train() in one Python session
+        # (a notebook) may ask for another precision or accumulation.
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+        if cfg.device and cfg.device.startswith("cuda:"):
+            torch.cuda.set_device(cfg.device)  # accelerate's "cuda" is the current device
+    # Trainable LoRA and embedding stay fp32 (fp16 parameters cannot be unscaled); autocast
+    # computes in the lower precision.
+    return Accelerator(
+        cpu=cpu, mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation
+    )
+
+
 def train(
     cfg: TrainConfig,
     say: Callable[[str], None] = print,
@@ -189,12 +253,18 @@ def train(
 ) -> Path:
     """Train a concept and write its folder; returns the folder.
 
-    `after_backward`, if given, sees the models after each backward pass (tests check there
-    that gradients reach only the LoRA and the token row).
+    Runs as one process, or as several under `accelerate launch` (each draws its own batches;
+    the gradients are averaged; the main process alone writes files). `after_backward`, if given,
+    sees the models after each synchronised backward pass (tests check there that gradients
+    reach only the LoRA and the token row).
     """
     cfg = cfg.resolved()
     validate(cfg)
-    device = loading.pick_device(cfg.device)
+    accelerator = make_accelerator(cfg)
+    device = accelerator.device
+    main = accelerator.is_main_process
+    if not main:
+        say = _silent
     out = ensure_writable_dir(Path(cfg.output))
     photos = data.load_photos(cfg.images, cfg.resolution)
     for path, reason in photos.skipped:
@@ -202,8 +272,11 @@ def train(
     for note in photos.notes:
         say(f"note: {note}")
     say(f"training '{cfg.token} {cfg.class_word}' on {len(photos.images)} photos, base {cfg.base}, {cfg.steps} steps")
+    if accelerator.num_processes > 1 or cfg.gradient_accumulation > 1:
+        per_step = cfg.batch_size * accelerator.num_processes * cfg.gradient_accumulation
+        say(f"{accelerator.num_processes} processes x {cfg.gradient_accumulation} accumulated: {per_step} per step")
 
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed)  # same LoRA initialisation in every process
     pipe = loading.load_image_pipeline(cfg.base, torch.float32, config=cfg.base_config).to(device)
     tokenizer, text_encoder, vae, unet = pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -211,7 +284,7 @@ def train(
     class_pixels = None
     if cfg.prior_weight > 0:
         class_dir = Path(cfg.class_images) if cfg.class_images else out / "class-images"
-        if not cfg.class_images:
+        if not cfg.class_images and main:
             _generate_class_images(
                 pipe,
                 cfg.class_word,
@@ -222,6 +295,7 @@ def train(
                 cfg.seed,
                 say,
             )
+        accelerator.wait_for_everyone()
         class_set = data.load_photos([class_dir], cfg.resolution, max_photos=10_000)
         class_pixels = data.photos_to_tensor(class_set.images, flip=False)
 
@@ -233,62 +307,49 @@ def train(
     original_rows = embeddings.detach().clone()
 
     # Precompute what never changes: photo latents (with flips) and the class phrase's features.
-    instance_mean, instance_std = _latent_distribution(vae, data.photos_to_tensor(photos.images, flip=cfg.flip))
-    class_latents = _latent_distribution(vae, class_pixels) if class_pixels is not None else None
     eos_id = tokenizer.eos_token_id
     concept_ids = _tokenize(tokenizer, [f"a photo of a {cfg.token} {cfg.class_word}"], device)
     class_ids = _tokenize(tokenizer, [f"a photo of a {cfg.class_word}"], device)
     with torch.no_grad():
         class_features = eos_features(text_encoder, class_ids, eos_id)
-        class_hidden = text_encoder(class_ids)[0]
+        batch = {
+            "instance": _latent_distribution(vae, data.photos_to_tensor(photos.images, flip=cfg.flip)),
+            "class": _latent_distribution(vae, class_pixels) if class_pixels is not None else None,
+            "concept_ids": concept_ids,
+            "eos_id": eos_id,
+            "class_features": class_features,
+            "class_hidden": text_encoder(class_ids)[0],
+        }
 
     state = checkpoints.TrainState(step=0)
     if cfg.resume:
         state = checkpoints.resume(out, cfg.resume, unet, embeddings, token_id, optimizer)
         say(f"resumed from step {state.step}")
-    generator = torch.Generator(device).manual_seed(cfg.seed)
-    if state.generator_state is not None:
+    # Each process draws its own batches; one process continues a checkpoint's exact stream.
+    generator = torch.Generator(device).manual_seed(cfg.seed + accelerator.process_index)
+    if state.generator_state is not None and accelerator.num_processes == 1:
         generator.set_state(state.generator_state)
+    elif state.step:
+        generator.manual_seed(cfg.seed + accelerator.process_index + 7919 * state.step)
 
+    models = {"unet": unet, "text_encoder": text_encoder, "vae": vae, "token_id": token_id}
+    ddp_unet, ddp_text_encoder, optimizer = accelerator.prepare(unet, text_encoder, optimizer)
     metrics_path = out / "metrics.jsonl"
-    bar = tqdm(total=cfg.steps, initial=state.step, desc="train", disable=not progress)
+    bar = tqdm(total=cfg.steps, initial=state.step, desc="train", disable=not (progress and main))
     history: list[dict] = []
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     for step in range(state.step, cfg.steps):
-        picks = torch.randint(len(instance_mean), (cfg.batch_size,), generator=generator, device=device)
-        latents = instance_mean[picks] + instance_std[picks] * torch.randn(
-            instance_mean[picks].shape, generator=generator, device=device
-        )
-        latents = latents * vae.config.scaling_factor
-        # The concept phrase is the same for every item: encode it once, share it across the batch.
-        concept_hidden = text_encoder(concept_ids)[0]
-        concept_features = at_eos(concept_hidden, concept_ids, eos_id)
-        hidden = concept_hidden.expand(cfg.batch_size, -1, -1)
-        if class_latents is not None:
-            picks_c = torch.randint(len(class_latents[0]), (cfg.batch_size,), generator=generator, device=device)
-            prior = class_latents[0][picks_c] + class_latents[1][picks_c] * torch.randn(
-                class_latents[0][picks_c].shape, generator=generator, device=device
-            )
-            latents = torch.cat([latents, prior * vae.config.scaling_factor])
-            hidden = torch.cat([hidden, class_hidden.expand(cfg.batch_size, -1, -1)])
-        noise = torch.randn(latents.shape, generator=generator, device=device)
-        timesteps = torch.randint(
-            0, noise_scheduler.config.num_train_timesteps, (len(latents),), generator=generator, device=device
-        )
-        noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-        prediction = unet(noisy, timesteps, hidden).sample
-        target = _diffusion_target(noise_scheduler, latents, noise, timesteps)
-        errors = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-        mse = errors[: cfg.batch_size].mean()
-        prior_loss = errors[cfg.batch_size :].mean() if class_latents is not None else torch.zeros((), device=device)
-        spl = semantic_preservation_loss(concept_features, class_features)
-        loss = mse + cfg.prior_weight * prior_loss + cfg.spl_weight * spl
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if after_backward:
-            after_backward({"unet": unet, "text_encoder": text_encoder, "vae": vae, "token_id": token_id})
-        optimizer.step()
-        nonfinite |= ~torch.isfinite(loss)  # checked when we sync anyway: logging and checkpoints
+        for _ in range(cfg.gradient_accumulation):
+            with accelerator.accumulate(ddp_unet, ddp_text_encoder), accelerator.autocast():
+                loss, parts, concept_features = _batch_loss(
+                    cfg, batch, ddp_unet, ddp_text_encoder, noise_scheduler, generator, vae.config.scaling_factor
+                )
+                accelerator.backward(loss)
+                if after_backward and accelerator.sync_gradients:
+                    after_backward(models)
+                optimizer.step()  # a no-op until the accumulation is complete
+                optimizer.zero_grad(set_to_none=True)
+            nonfinite |= ~torch.isfinite(loss)  # checked when we sync anyway: logging and checkpoints
         bar.update(1)
         due_checkpoint = cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps
         due_log = (step + 1) % LOG_EVERY == 0 or step + 1 == cfg.steps or step == 0
@@ -297,26 +358,23 @@ def train(
                 f"loss became NaN or infinite by step {step + 1}; lower the learning rates "
                 "(checkpoints written before it are intact: --resume latest)"
             )
-        if due_log:
+        if due_log and main:
             drift = concept_class_cosine(concept_features, class_features).mean().item()
-            record = {
-                "step": step + 1,
-                "mse": round(mse.item(), 6),
-                "spl": round(spl.item(), 6),
-                "prior": round(prior_loss.item(), 6),
-                "cosine": round(drift, 6),
-            }
+            record = {"step": step + 1, **{k: round(v.item(), 6) for k, v in parts.items()}, "cosine": round(drift, 6)}
             history.append(record)
             bar.set_postfix(mse=f"{record['mse']:.4f}", spl=f"{record['spl']:.4f}", cos=f"{drift:.3f}")
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
-        if due_checkpoint:
+        if due_checkpoint and main:
             checkpoints.save(out, step + 1, unet, embeddings[token_id], optimizer, generator)
     bar.close()
+    accelerator.wait_for_everyone()
 
     moved = (embeddings.detach() - original_rows).abs().sum(dim=1).nonzero().flatten().tolist()
     if any(i != token_id for i in moved):
         raise RuntimeError(f"embedding rows other than the token moved: {moved[:5]}")
+    if not main:
+        return out
     with torch.no_grad():
         final_cosine = concept_class_cosine(eos_features(text_encoder, concept_ids, eos_id), class_features).item()
     concept = Concept(
@@ -335,6 +393,10 @@ def train(
     )
     lora_state = get_peft_model_state_dict(unet)
     save_concept(out, concept, lora_state, embeddings[token_id])
-    write_json_atomic(out / "train_config.json", asdict(cfg))
+    write_json_atomic(out / "train_config.json", {**asdict(cfg), "num_processes": accelerator.num_processes})
     say(f"wrote concept to {out} (token {cfg.token}, concept-class cosine {final_cosine:.3f})")
     return out
+
+
+def _silent(message: str) -> None:
+    """Other processes of a multi-process run keep quiet: the main process reports."""

@@ -47,7 +47,17 @@ def test_a_crafted_pickle_motion_adapter_is_refused_and_never_runs(tiny_base, tm
         ]
     )
     err = capsys.readouterr().err
-    assert code == 2 and "could not load motion adapter" in err and "Traceback" not in err
+    assert code == 2 and "refusing to unpickle" in err and "Traceback" not in err
+    assert not marker.exists()
+
+
+def test_a_crafted_pickle_base_checkpoint_is_refused_and_never_runs(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "dreamy-mix.ckpt"
+    evil.write_bytes(pickle.dumps({"state_dict": _Payload(marker)}))
+    code = cli_main(["animate", "a dog", "--no-concept", "--base", str(evil), "--output", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "could not load base model" in err and "Traceback" not in err
     assert not marker.exists()
 
 
