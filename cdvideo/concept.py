@@ -2,6 +2,7 @@
 
     pytorch_lora_weights.safetensors   diffusers LoRA, its peft config in the file's metadata
     learned_embeds.safetensors         {token: tensor[1, dim]}
+    photos/                            the subject photos, small copies: `cdvideo eval` scores identity on them
     cdvideo.json                       manifest, written last: its presence means "complete"
 
 A stock diffusers pipeline loads the first two with `load_lora_weights` and
@@ -15,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 
 from cdvideo.atomic import atomic_path, write_json_atomic
@@ -24,6 +26,9 @@ FORMAT_VERSION = 1
 MANIFEST = "cdvideo.json"
 LORA_FILE = "pytorch_lora_weights.safetensors"
 EMBEDS_FILE = "learned_embeds.safetensors"
+PHOTOS_DIR = "photos"
+# Identity backbones look at 224-384 px; larger copies would only bloat the concept.
+PHOTO_SIZE = 384
 
 
 @dataclass
@@ -103,3 +108,38 @@ def apply_concept(pipe, folder: Path | str, concept: Concept, scale: float = 1.0
         pipe.fuse_lora(lora_scale=scale, adapter_names=["concept"])
     elif scale != 1.0:
         pipe.set_adapters(["concept"], adapter_weights=[scale])
+
+
+def save_photos(folder: Path, images: list[Image.Image]) -> None:
+    """Keep small copies of the training photos in the concept, replacing any from an earlier run."""
+    photos = Path(folder) / PHOTOS_DIR
+    if photos.exists():
+        for old in photos.glob("photo-*.png"):
+            old.unlink()
+    for i, image in enumerate(images):
+        small = image.convert("RGB")
+        if max(small.size) > PHOTO_SIZE:
+            small = small.resize((PHOTO_SIZE, PHOTO_SIZE), Image.Resampling.LANCZOS)
+        with atomic_path(photos / f"photo-{i:03d}.png") as tmp:
+            small.save(tmp, format="PNG")
+
+
+def load_photos(folder: Path | str) -> list[Image.Image]:
+    """The subject photos stored in a concept (or a training run's folder)."""
+    from cdvideo.data import IMAGE_SUFFIXES
+
+    photos = Path(folder) / PHOTOS_DIR
+    paths = sorted(p for p in photos.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if photos.is_dir() else []
+    if not paths:
+        raise UserError(
+            f"concept {folder} has no subject photos ({PHOTOS_DIR}/ is missing or empty, as in concepts trained "
+            f"before cdvideo 0.1 kept them): copy the subject's photos into {photos} and run again"
+        )
+    images = []
+    for path in paths:
+        try:
+            with Image.open(path) as im:
+                images.append(im.convert("RGB"))
+        except OSError as err:
+            raise UserError(f"photo {path} does not open ({err}); replace or delete it") from err
+    return images
