@@ -37,6 +37,7 @@ DINO_ID = "facebook/dino-vits16"
 BLIP_ID = "Salesforce/blip-itm-large-coco"
 PROMPT_SETS = Path(__file__).resolve().parent.parent / "configs" / "eval"
 REPORT = "report"
+OFF = "none"  # as a backbone id: leave that backbone out
 
 # A concept video moving less than this fraction of the base model's motion "freezes"; one whose
 # frame-to-frame consistency falls this far below the base video's, or that moves this many times
@@ -123,19 +124,27 @@ def _from_pretrained(cls, name: str, what: str):
 
 
 class Backbones:
-    """CLIP, DINO and BLIP image/text encoders from hub ids or local folders (transformers' own loaders)."""
+    """CLIP, DINO and BLIP image/text encoders from hub ids or local folders (transformers' own loaders).
+
+    An id of "none" leaves that backbone out (its metrics are null): offline, on the Shapes world, the
+    world's scorer and the motion and drift measures still stand.
+    """
 
     def __init__(self, clip: str, dino: str, blip: str, device: torch.device):
         from transformers import AutoModel, AutoProcessor, BlipForImageTextRetrieval, CLIPModel
 
         self.ids = {"clip": clip, "dino": dino, "blip": blip}
         self.device = device
-        self.clip = _from_pretrained(CLIPModel, clip, "CLIP backbone").to(device).eval()
-        self.clip_proc = _from_pretrained(AutoProcessor, clip, "CLIP processor")
-        self.dino = _from_pretrained(AutoModel, dino, "DINO backbone").to(device).eval()
-        self.dino_proc = _from_pretrained(AutoProcessor, dino, "DINO processor")
-        self.blip = _from_pretrained(BlipForImageTextRetrieval, blip, "BLIP backbone").to(device).eval()
-        self.blip_proc = _from_pretrained(AutoProcessor, blip, "BLIP processor")
+
+        def load(cls, name: str, what: str):
+            if name == OFF:
+                return None, None
+            model = _from_pretrained(cls, name, f"{what} backbone").to(device).eval()
+            return model, _from_pretrained(AutoProcessor, name, f"{what} processor")
+
+        self.clip, self.clip_proc = load(CLIPModel, clip, "CLIP")
+        self.dino, self.dino_proc = load(AutoModel, dino, "DINO")
+        self.blip, self.blip_proc = load(BlipForImageTextRetrieval, blip, "BLIP")
 
     def describe(self) -> dict:
         def size(proc) -> str:
@@ -145,16 +154,16 @@ class Backbones:
             s = {k: v for k, v in dict(s).items() if v}
             return f"{s['height']}x{s['width']}" if "height" in s else str(s)
 
-        scale = "raw cosine in [-1, 1] (not 100x)"
+        features = {"clip": "projected", "dino": "CLS", "blip": "ITC"}
+        procs = {"clip": self.clip_proc, "dino": self.dino_proc, "blip": self.blip_proc}
         return {
-            "clip": {
-                "id": self.ids["clip"],
-                "image_size": size(self.clip_proc),
-                "scale": scale,
-                "features": "projected",
-            },
-            "dino": {"id": self.ids["dino"], "image_size": size(self.dino_proc), "scale": scale, "features": "CLS"},
-            "blip": {"id": self.ids["blip"], "image_size": size(self.blip_proc), "scale": scale, "features": "ITC"},
+            k: {
+                "id": self.ids[k],
+                "image_size": size(procs[k]) if procs[k] else None,
+                "scale": "raw cosine in [-1, 1] (not 100x)",
+                "features": features[k],
+            }
+            for k in procs
         }
 
     @torch.no_grad()
@@ -198,7 +207,7 @@ class Clip:
 def _video_index(folder: Path) -> dict[tuple[str, int, str | None], tuple[Path, dict]]:
     """(rendered prompt, seed, concept folder or None) -> (video file, settings), from the JSON beside each."""
     index = {}
-    for meta in sorted(folder.glob("*.json")):
+    for meta in sorted(folder.rglob("*.json")):  # recursive: an earlier eval's output folder works too
         try:
             settings = json.loads(meta.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError, OSError):
@@ -301,30 +310,32 @@ def motion_amount(frames: np.ndarray) -> float:
 
 def _video_scores(bb: Backbones, clip: Clip, photos: dict, text: str) -> dict:
     images = _images(clip.frames)
-    c = bb.clip_images(images)
-    d = bb.dino_images(images)
-    clip_i = (c @ photos["clip"].T).mean(1)
-    dino_i = (d @ photos["dino"].T).mean(1)
     n = len(images)
-    subject = [(_cos_pairs(d[t], d[0]) + _cos_pairs(d[t], d[t - 1])) / 2 for t in range(1, n)]
-    return {
-        "clip_i": clip_i.mean().item(),
-        "clip_i_worst": clip_i.min().item(),
-        "dino_i": dino_i.mean().item(),
-        "dino_i_worst": dino_i.min().item(),
-        "clip_t": (c @ bb.clip_text(text)).mean().item(),
-        "blip_t": bb.blip_cosines(images, text).mean().item(),
-        "frame_consistency": _cos_pairs(c[1:], c[:-1]).mean().item() if n > 1 else 1.0,
-        "subject_consistency": torch.stack(subject).mean().item() if subject else 1.0,
-        "motion": motion_amount(clip.frames),
-    }
+    scores: dict = dict.fromkeys(SCORE_KEYS)  # None: that backbone is left out
+    scores["motion"] = motion_amount(clip.frames)
+    if bb.clip:
+        c = bb.clip_images(images)
+        clip_i = (c @ photos["clip"].T).mean(1)
+        scores["clip_i"], scores["clip_i_worst"] = clip_i.mean().item(), clip_i.min().item()
+        scores["clip_t"] = (c @ bb.clip_text(text)).mean().item()
+        scores["frame_consistency"] = _cos_pairs(c[1:], c[:-1]).mean().item() if n > 1 else 1.0
+    if bb.dino:
+        d = bb.dino_images(images)
+        dino_i = (d @ photos["dino"].T).mean(1)
+        scores["dino_i"], scores["dino_i_worst"] = dino_i.mean().item(), dino_i.min().item()
+        subject = [(_cos_pairs(d[t], d[0]) + _cos_pairs(d[t], d[t - 1])) / 2 for t in range(1, n)]
+        scores["subject_consistency"] = torch.stack(subject).mean().item() if subject else 1.0
+    if bb.blip:
+        scores["blip_t"] = bb.blip_cosines(images, text).mean().item()
+    return scores
 
 
 def motion_flag(scores: dict, base: dict) -> str:
     """'' when motion looks like the base model's, else what went wrong."""
     if base["motion"] >= STILL and scores["motion"] < FREEZE_RATIO * base["motion"]:
         return "freezes"
-    if scores["frame_consistency"] < base["frame_consistency"] - BREAK_CONSISTENCY_DROP or (
+    consistency = scores["frame_consistency"], base["frame_consistency"]
+    if (None not in consistency and consistency[0] < consistency[1] - BREAK_CONSISTENCY_DROP) or (
         base["motion"] >= STILL and scores["motion"] > BREAK_RATIO * base["motion"]
     ):
         return "breaks motion"
@@ -417,15 +428,21 @@ SCORE_KEYS = (
     "subject_consistency",
     "motion",
 )
+USES = {"clip": "CLIP-I, CLIP-T, frame consistency", "dino": "DINO-I, subject consistency", "blip": "BLIP-T (ITC)"}
+AXIS_NAMES = {
+    "dino_i": "DINO-I (mean)",
+    "clip_t": "CLIP-T (mean)",
+    "subject": "subject rate (world scorer)",
+    "composition": "composition rate (world scorer)",
+}
 SHAPES_RATES = ("subject_ok", "accessory_ok", "background_ok", "motion_ok", "composition")
 
 
 def _summarise(rows: list[dict], key: str) -> dict:
     out = {}
     for k in SCORE_KEYS:
-        values = [r[key][k] for r in rows]
-        out[k] = min(values) if k.endswith("_worst") else _mean(values)
-        out[k] = round(out[k], 4)
+        values = [r[key][k] for r in rows if r[key][k] is not None]
+        out[k] = (round(min(values), 4) if values else None) if k.endswith("_worst") else _mean(values)
     return out
 
 
@@ -452,7 +469,10 @@ def evaluate_concept(
     with_token = [item.fill(subject) for item in items]
     text = [item.fill(concept.class_word) for item in items]
     clips = _gather_clips(cfg, with_token, concept_folder, concept.base, out / "videos", say)
-    photos = {"clip": backbones.clip_images(photo_images), "dino": backbones.dino_images(photo_images)}
+    photos = {
+        "clip": backbones.clip_images(photo_images) if backbones.clip else None,
+        "dino": backbones.dino_images(photo_images) if backbones.dino else None,
+    }
     phrase_drift, prompt_drift = drift_scores(concept_folder, concept, list(zip(with_token, text)), cfg)
     shapes = concept.base == "shapes"
 
@@ -563,14 +583,7 @@ def report_markdown(report: dict) -> str:
         "",
         *_table(
             ["metric", "backbone", "image size"],
-            [
-                ["CLIP-I, CLIP-T, frame consistency", b["id"], b["image_size"]]
-                if k == "clip"
-                else ["DINO-I, subject consistency", b["id"], b["image_size"]]
-                if k == "dino"
-                else ["BLIP-T (ITC)", b["id"], b["image_size"]]
-                for k, b in report["backbones"].items()
-            ],
+            [[USES[k], b["id"], b["image_size"]] for k, b in report["backbones"].items()],
         ),
         "",
         "## Overall",
@@ -640,10 +653,9 @@ def evaluate(cfg: EvalConfig, say: Callable[[str], None] = print) -> dict:
     base_clips = base_videos(cfg, items, concept.base, concept.class_word, out, say)
     report = evaluate_concept(cfg, folder, out, backbones, items, base_clips, say=say)
     o = report["overall"]["scores"]
-    say(
-        f"CLIP-I {o['clip_i']:.3f}  DINO-I {o['dino_i']:.3f}  CLIP-T {o['clip_t']:.3f}  BLIP-T {o['blip_t']:.3f}  "
-        f"drift {report['overall']['drift']:.3f}; report in {out / (REPORT + '.md')}"
-    )
+    names = {"clip_i": "CLIP-I", "dino_i": "DINO-I", "clip_t": "CLIP-T", "blip_t": "BLIP-T"}
+    shown = "  ".join(f"{v} {_fmt(o[k])}" for k, v in names.items())
+    say(f"{shown}  drift {_fmt(report['overall']['drift'])}; report in {out / (REPORT + '.md')}")
     return report
 
 
@@ -736,7 +748,11 @@ def evaluate_checkpoints(cfg: EvalConfig, say: Callable[[str], None] = print) ->
             entry["composition"] = o["shapes"]["composition"]
             entry["subject"] = o["shapes"]["subject_ok"]
         entries.append(entry)
-    points = [(e["dino_i"], e["clip_t"]) for e in entries]
+    # The world's exact scorer, where there is one, beats any learned proxy for both axes.
+    axes = ("subject", "composition") if "composition" in entries[0] else ("dino_i", "clip_t")
+    if any(e[a] is None for e in entries for a in axes):
+        raise UserError("comparing checkpoints needs DINO-I and CLIP-T: do not set --dino or --clip to none")
+    points = [(e[axes[0]], e[axes[1]]) for e in entries]
     front = pareto_front(points)
     best = best_tradeoff(points)
     for i, e in enumerate(entries):
@@ -744,9 +760,9 @@ def evaluate_checkpoints(cfg: EvalConfig, say: Callable[[str], None] = print) ->
         e["best"] = i == best
     summary = {
         "run": str(run),
-        "axes": {"identity": "DINO-I (mean)", "prompt following": "CLIP-T (mean)"},
-        "rule": "best = on the Pareto front of (DINO-I, CLIP-T), the largest sum of both after scaling each "
-        "to [0, 1] across the checkpoints",
+        "axes": {"identity": AXIS_NAMES[axes[0]], "prompt following": AXIS_NAMES[axes[1]]},
+        "rule": f"best = on the Pareto front of ({AXIS_NAMES[axes[0]]}, {AXIS_NAMES[axes[1]]}), the largest sum "
+        "of both after scaling each to [0, 1] across the checkpoints",
         "best": entries[best]["name"],
         "checkpoints": entries,
     }

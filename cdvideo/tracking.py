@@ -79,6 +79,14 @@ def render_validation(pipe, prompt: str, folder: Path, step: int, resolution: in
     return path
 
 
+def _moving_mean(values: list[float], width: int) -> list[float]:
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v - (values[i - width] if i >= width else 0.0)
+        out.append(total / min(i + 1, width))
+    return out
+
+
 def plot_curves(folder: Path, title: str = "") -> Path | None:
     """Draw metrics.jsonl as curves.png: losses (log scale) above, concept-class cosine below."""
     rows = read_metrics(folder)
@@ -92,9 +100,12 @@ def plot_curves(folder: Path, title: str = "") -> Path | None:
     steps = [r["step"] for r in rows]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True, constrained_layout=True)
     for key, label in (("mse", "MSE (subject)"), ("prior", "prior MSE"), ("spl", "SPL")):
-        values = [r.get(key, 0.0) for r in rows]
-        if any(v > 0 for v in values):
-            top.plot(steps, [max(v, 1e-8) for v in values], label=label, linewidth=1)
+        values = [max(r.get(key, 0.0), 1e-8) for r in rows]
+        if max(values) <= 1e-8:
+            continue
+        # Diffusion losses jump with the sampled timestep: the raw steps faint, a moving mean on top.
+        line = top.plot(steps, values, linewidth=0.6, alpha=0.35)[0]
+        top.plot(steps, _moving_mean(values, max(1, len(values) // 25)), color=line.get_color(), label=label)
     top.set_yscale("log")
     top.set_ylabel("loss")
     top.legend(loc="upper right")

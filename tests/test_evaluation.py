@@ -296,7 +296,11 @@ def test_train_tracks_then_eval_scores_the_concept_and_its_checkpoints(backbones
     video = report["prompts"][0]["videos"][0]
     assert video["frames"] == 4 and Path(video["file"]).exists() and Path(video["base_file"]).exists()
 
-    code, _, err = run_cli(["eval", "--checkpoints", str(run), "--output", str(tmp_path / "ck"), *render], capsys)
+    # The first eval's videos (base model, final concept) are reused: only the checkpoint's video is rendered.
+    reuse = ["--videos", str(tmp_path / "eval")]
+    code, _, err = run_cli(
+        ["eval", "--checkpoints", str(run), "--output", str(tmp_path / "ck"), *render, *reuse], capsys
+    )
     assert code == 0, err
     summary = json.loads((tmp_path / "ck" / "checkpoints.json").read_text())
     assert [e["name"] for e in summary["checkpoints"]] == ["step-000002", "final"]
@@ -304,3 +308,22 @@ def test_train_tracks_then_eval_scores_the_concept_and_its_checkpoints(backbones
     assert all(e["pareto"] for e in summary["checkpoints"] if e["best"])
     assert concepts.load_concept(tmp_path / "ck" / "step-000002" / "concept").steps == 2
     assert "★" in (tmp_path / "ck" / "checkpoints.md").read_text()
+    assert not (tmp_path / "ck" / "base-videos").exists() and not (tmp_path / "ck" / "final" / "videos").exists()
+
+
+def test_backbones_left_out_give_null_scores_and_keep_the_world_scorer(drawn_concept, drawn_videos, tmp_path, capsys):
+    prompts = tmp_path / "prompts.yaml"
+    prompts.write_text(PROMPTS)
+    out = tmp_path / "eval"
+    code, stdout, err = run_cli(
+        ["eval", str(drawn_concept), "--prompts", str(prompts), "--videos", str(drawn_videos), "--output", str(out)]
+        + ["--clip", "none", "--dino", "none", "--blip", "none"],
+        capsys,
+    )
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert report["backbones"]["clip"]["id"] == "none" and report["backbones"]["clip"]["image_size"] is None
+    assert report["overall"]["scores"]["clip_i"] is None and report["overall"]["scores"]["dino_i_worst"] is None
+    assert report["overall"]["shapes"]["composition"] == 0.5
+    assert report["prompts"][1]["flags"] == ["freezes"]  # motion needs no backbone
+    assert "CLIP-I –" in stdout
