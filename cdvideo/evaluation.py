@@ -201,7 +201,6 @@ class Backbones:
 class Clip:
     frames: np.ndarray  # (F, H, W, 3) uint8
     file: str
-    settings: dict
 
 
 def _video_index(folder: Path) -> dict[tuple[str, int, str | None], tuple[Path, dict]]:
@@ -222,7 +221,7 @@ def _video_index(folder: Path) -> dict[tuple[str, int, str | None], tuple[Path, 
     return index
 
 
-def read_clip(path: Path, settings: dict) -> Clip:
+def read_clip(path: Path) -> Clip:
     try:
         frames = export.read_video(path)
     except Exception as err:  # decord/imageio raise their own types for corrupt files
@@ -230,7 +229,7 @@ def read_clip(path: Path, settings: dict) -> Clip:
         raise UserError(f"video {path} does not decode ({first}); delete it and its .json to render it again") from err
     if frames.ndim != 4 or len(frames) == 0:
         raise UserError(f"video {path} has no frames; delete it and its .json to render it again")
-    return Clip(np.ascontiguousarray(frames), str(path), settings)
+    return Clip(np.ascontiguousarray(frames), str(path))
 
 
 def _gather_clips(
@@ -252,7 +251,7 @@ def _gather_clips(
         for seed in cfg.seeds:
             found = index.get((prompt, seed, owner))
             if found and (owner or loading.base_identity(found[1].get("base", "")) == base):
-                clips[(prompt, seed)] = read_clip(*found)
+                clips[(prompt, seed)] = read_clip(found[0])
             else:
                 missing.setdefault(seed, []).append(prompt)
     # One pipeline load per distinct prompt list (normally one for everything).
@@ -280,10 +279,8 @@ def _gather_clips(
             progress=False,
         )
         for video in videos:
-            settings = json.loads(Path(video.files["json"]).read_text())
-            # Scored as generated: an mp4's chroma subsampling would smear 64 px detail.
-            frames = export.to_uint8_frames(video.frames)
-            clips[(video.prompt, video.seed)] = Clip(frames, str(video.files["mp4"]), settings)
+            # Scored as generated, not as re-decoded from the lossy mp4.
+            clips[(video.prompt, video.seed)] = Clip(export.to_uint8_frames(video.frames), str(video.files["mp4"]))
         say(f"rendered {len(videos)} {'concept' if concept_folder else 'base model'} videos into {out}")
     return clips
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import cli_train_args
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -327,3 +328,16 @@ def test_backbones_left_out_give_null_scores_and_keep_the_world_scorer(drawn_con
     assert report["overall"]["shapes"]["composition"] == 0.5
     assert report["prompts"][1]["flags"] == ["freezes"]  # motion needs no backbone
     assert "CLIP-I –" in stdout
+
+
+def test_metrics_keep_one_row_per_step_across_restart_and_resume(tiny_base, dog_photos, tmp_path):
+    out = tmp_path / "c"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"step": 7, "mse": 1.0}\n')  # an earlier run's log in the same folder
+    args = cli_train_args(tiny_base, dog_photos, out, "--checkpoint-every", "2", "--keep-checkpoints", "0", steps=5)
+    assert cli_main(args) == 0
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000002", "step-000004"]  # all kept
+    steps = lambda: [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert steps() == [1, 2, 3, 4, 5]  # a fresh run starts a fresh log
+    assert cli_main(args + ["--resume", str(out / "checkpoints" / "step-000002")]) == 0
+    assert steps() == [1, 2, 3, 4, 5]  # rows after the checkpoint are redone, not duplicated
