@@ -382,7 +382,9 @@ def shapes_scores(frames: np.ndarray, class_word: str, text: str, subject: bool)
     asked = _parse_shapes_prompt(text)
     clip = scorer.score_clip(frames, expected_cls=class_word)
     pattern = sum(f.pattern for f in clip.frames) / len(clip.frames)
-    is_subject = clip.pattern and clip.cls == class_word if subject else clip.cls == class_word
+    is_subject = bool(clip.pattern and clip.cls == class_word) if subject else clip.cls == class_word
+    accessory_ok = clip.accessory == asked["accessory"]
+    background_ok = clip.background == asked["background"]
     motion_ok = None if asked["motion"] is None else clip.motion == asked["motion"]
     return {
         "pattern_frames": pattern,
@@ -390,14 +392,11 @@ def shapes_scores(frames: np.ndarray, class_word: str, text: str, subject: bool)
         "accessory": clip.accessory,
         "background": clip.background,
         "motion": clip.motion,
-        "subject_ok": bool(is_subject),
-        "accessory_ok": clip.accessory == asked["accessory"],
-        "background_ok": clip.background == asked["background"],
+        "subject_ok": is_subject,
+        "accessory_ok": accessory_ok,
+        "background_ok": background_ok,
         "motion_ok": motion_ok,
-        "composition": bool(
-            is_subject and clip.accessory == asked["accessory"] and clip.background == asked["background"]
-        )
-        and motion_ok is not False,
+        "composition": is_subject and accessory_ok and background_ok and motion_ok is not False,
     }
 
 
@@ -639,6 +638,8 @@ def _setup(cfg: EvalConfig, base: str) -> tuple[list[PromptItem], Path, Backbone
 
 def evaluate(cfg: EvalConfig, say: Callable[[str], None] = print) -> dict:
     """Score a concept folder; returns the report (also written as report.json / report.md in cfg.output)."""
+    if cfg.checkpoints and cfg.concept:
+        raise UserError("give a concept folder or --checkpoints RUN_DIR, not both")
     if cfg.checkpoints:
         return evaluate_checkpoints(cfg, say)
     if not cfg.concept:
@@ -730,6 +731,8 @@ def evaluate_checkpoints(cfg: EvalConfig, say: Callable[[str], None] = print) ->
     else:
         final = concepts.load_concept(run)
         base, class_word = final.base, final.class_word
+    if base != "shapes" and OFF in (cfg.dino, cfg.clip):
+        raise UserError("comparing checkpoints needs DINO-I and CLIP-T: do not set --dino or --clip to none")
     items, out, backbones = _setup(cfg, base)
     # Every checkpoint is compared with the same base-model videos: rendered once.
     base_clips = base_videos(cfg, items, base, class_word, out, say)
@@ -747,8 +750,6 @@ def evaluate_checkpoints(cfg: EvalConfig, say: Callable[[str], None] = print) ->
         entries.append(entry)
     # The world's exact scorer, where there is one, beats any learned proxy for both axes.
     axes = ("subject", "composition") if "composition" in entries[0] else ("dino_i", "clip_t")
-    if any(e[a] is None for e in entries for a in axes):
-        raise UserError("comparing checkpoints needs DINO-I and CLIP-T: do not set --dino or --clip to none")
     points = [(e[axes[0]], e[axes[1]]) for e in entries]
     front = pareto_front(points)
     best = best_tradeoff(points)
