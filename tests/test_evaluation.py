@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import cli_train_args
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -330,14 +329,30 @@ def test_backbones_left_out_give_null_scores_and_keep_the_world_scorer(drawn_con
     assert "CLIP-I –" in stdout
 
 
-def test_metrics_keep_one_row_per_step_across_restart_and_resume(tiny_base, dog_photos, tmp_path):
-    out = tmp_path / "c"
-    out.mkdir()
-    (out / "metrics.jsonl").write_text('{"step": 7, "mse": 1.0}\n')  # an earlier run's log in the same folder
-    args = cli_train_args(tiny_base, dog_photos, out, "--checkpoint-every", "2", "--keep-checkpoints", "0", steps=5)
-    assert cli_main(args) == 0
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000002", "step-000004"]  # all kept
-    steps = lambda: [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
-    assert steps() == [1, 2, 3, 4, 5]  # a fresh run starts a fresh log
-    assert cli_main(args + ["--resume", str(out / "checkpoints" / "step-000002")]) == 0
-    assert steps() == [1, 2, 3, 4, 5]  # rows after the checkpoint are redone, not duplicated
+def test_metrics_keep_one_row_per_step_across_restart_and_resume(tmp_path):
+    from cdvideo.tracking import MetricsLog, plot_curves, read_metrics
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 7, "mse": 1.0}\n')  # an earlier run's log in the folder
+
+    def run(start: int, end: int) -> None:
+        log = MetricsLog(tmp_path, start)
+        for step in range(start + 1, end + 1):
+            spl = torch.tensor(0.1 / step)
+            log.add(step, torch.tensor(0.2), spl, torch.tensor(0.0), 1 - spl)
+            if step % 2 == 0:
+                log.flush()
+        log.flush()
+
+    run(0, 5)  # a fresh run starts a fresh log
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3, 4, 5]
+    run(2, 5)  # resumed from step 2: later rows are redone, not duplicated
+    rows = read_metrics(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    assert rows[2] == {
+        "step": 3,
+        "mse": 0.2,
+        "spl": pytest.approx(0.033333),
+        "prior": 0.0,
+        "cosine": pytest.approx(0.966667),
+    }
+    assert Image.open(plot_curves(tmp_path)).format == "PNG"
