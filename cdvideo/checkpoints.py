@@ -25,8 +25,11 @@ class TrainState:
     generator_state: torch.Tensor | None = None
 
 
-def save(out: Path, step: int, unet, token_row: torch.Tensor, optimizer, generator: torch.Generator) -> Path:
-    """Write checkpoints/step-N atomically (a folder renamed into place), then drop older ones."""
+def save(
+    out: Path, step: int, unet, token_row: torch.Tensor, optimizer, generator: torch.Generator, keep: int = 2
+) -> Path:
+    """Write checkpoints/step-N atomically (a folder renamed into place), then drop all but the newest `keep`
+    (0 keeps every one)."""
     root = out / FOLDER
     final = root / f"step-{step:06d}"
     tmp = root / f".step-{step:06d}.tmp-{os.getpid()}"
@@ -46,14 +49,34 @@ def save(out: Path, step: int, unet, token_row: torch.Tensor, optimizer, generat
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    for old in sorted(root.glob("step-*"))[:-2]:
+    for old in sorted(root.glob("step-*"))[:-keep] if keep else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
+def saved(out: Path) -> list[Path]:
+    """Finished checkpoints of a run, oldest first."""
+    return sorted(p for p in (out / FOLDER).glob("step-*") if re.fullmatch(r"step-\d+", p.name))
+
+
 def latest(out: Path) -> Path | None:
-    found = sorted(p for p in (out / FOLDER).glob("step-*") if re.fullmatch(r"step-\d+", p.name))
+    found = saved(out)
     return found[-1] if found else None
+
+
+def _read(path: Path, read, hint: str):
+    try:
+        return read()
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, KeyError, SafetensorError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"checkpoint {path} is damaged or not a cdvideo checkpoint ({first[:160]}); {hint}") from err
+
+
+def weights(path: Path, hint: str = "resume from another one or start fresh") -> tuple[dict, torch.Tensor]:
+    """A checkpoint's UNet LoRA state (peft keys) and the token's embedding row."""
+    lora = _read(path, lambda: load_file(path / "lora.safetensors"), hint)
+    token_row = _read(path, lambda: load_file(path / "token.safetensors")["token_row"], hint)
+    return lora, token_row
 
 
 def resume(out: Path, which: str, unet, embeddings: torch.nn.Parameter, token_id: int, optimizer) -> TrainState:
@@ -66,17 +89,11 @@ def resume(out: Path, which: str, unet, embeddings: torch.nn.Parameter, token_id
         path = Path(which)
         if not (path / "state.pt").exists():
             raise UserError(f"checkpoint {path} not found; use --resume latest or a folder under {out / FOLDER}")
-    try:
-        # weights_only: a checkpoint folder may come from anywhere; never execute a pickle.
-        state = torch.load(path / "state.pt", weights_only=True)
-        lora = load_file(path / "lora.safetensors")
-        token_row = load_file(path / "token.safetensors")["token_row"]
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, KeyError, SafetensorError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(
-            f"checkpoint {path} is damaged or not a cdvideo checkpoint ({first[:160]}); "
-            "resume from another one or start fresh"
-        ) from err
+    # weights_only: a checkpoint folder may come from anywhere; never execute a pickle.
+    state = _read(
+        path, lambda: torch.load(path / "state.pt", weights_only=True), "resume from another one or start fresh"
+    )
+    lora, token_row = weights(path)
     set_peft_model_state_dict(unet, lora)
     with torch.no_grad():
         embeddings[token_id] = token_row.to(embeddings.device)

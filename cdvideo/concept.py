@@ -3,6 +3,7 @@
     pytorch_lora_weights.safetensors   diffusers LoRA, its peft config in the file's metadata
     learned_embeds.safetensors         {token: tensor[1, dim]}
     README.md                          model card with the Hub's YAML front matter (cdvideo/card.py)
+    photos/                            the subject photos, small copies: `cdvideo eval` scores identity on them
     cdvideo.json                       manifest, written last: its presence means "complete"
 
 A stock diffusers pipeline loads the first two with `load_lora_weights` and
@@ -16,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 
 from cdvideo.atomic import atomic_path, write_json_atomic
@@ -26,6 +28,9 @@ MANIFEST = "cdvideo.json"
 LORA_FILE = "pytorch_lora_weights.safetensors"
 EMBEDS_FILE = "learned_embeds.safetensors"
 ADAPTER_NAME = "concept"  # the concept LoRA's adapter name inside a pipeline
+PHOTOS_DIR = "photos"
+# Identity backbones look at 224-384 px; larger copies would only bloat the concept.
+PHOTO_SIZE = 384
 
 
 @dataclass
@@ -108,3 +113,38 @@ def apply_concept(pipe, folder: Path | str, concept: Concept, scale: float = 1.0
         pipe.fuse_lora(lora_scale=scale, adapter_names=[ADAPTER_NAME])
     elif scale != 1.0:
         pipe.set_adapters([ADAPTER_NAME], adapter_weights=[scale])
+
+
+def save_photos(folder: Path, images: list[Image.Image]) -> None:
+    """Keep small copies of the training photos in the concept, replacing any from an earlier run."""
+    photos = Path(folder) / PHOTOS_DIR
+    if photos.exists():
+        for old in photos.glob("photo-*.png"):
+            old.unlink()
+    for i, image in enumerate(images):
+        small = image.convert("RGB")
+        if max(small.size) > PHOTO_SIZE:
+            small = small.resize((PHOTO_SIZE, PHOTO_SIZE), Image.Resampling.LANCZOS)
+        with atomic_path(photos / f"photo-{i:03d}.png") as tmp:
+            small.save(tmp, format="PNG")
+
+
+def load_photos(folder: Path | str) -> list[Image.Image]:
+    """The subject photos stored in a concept (or a training run's folder)."""
+    from cdvideo.data import IMAGE_SUFFIXES
+
+    photos = Path(folder) / PHOTOS_DIR
+    paths = sorted(p for p in photos.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if photos.is_dir() else []
+    if not paths:
+        raise UserError(
+            f"concept {folder} has no subject photos ({PHOTOS_DIR}/ is missing or empty, as in concepts trained "
+            f"before cdvideo 0.1 kept them): copy the subject's photos into {photos} and run again"
+        )
+    images = []
+    for path in paths:
+        try:
+            with Image.open(path) as im:
+                images.append(im.convert("RGB"))
+        except OSError as err:
+            raise UserError(f"photo {path} does not open ({err}); replace or delete it") from err
+    return images

@@ -64,7 +64,8 @@ def pick_dtype(device: torch.device, precision: str | None) -> torch.dtype:
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
-def _load_errors(what: str, name: str, err: Exception, hint: str | None = None) -> UserError:
+def load_error(what: str, name: str, err: Exception, hint: str | None = None) -> UserError:
+    """One line for a model that would not load: what, which, why."""
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     hint = hint or "check the name and network, or give a local folder ('shapes' works offline)"
     return UserError(f"could not load {what} '{name}' ({hint}): {first[:240]}")
@@ -110,7 +111,7 @@ def load_image_pipeline(
     except UserError:
         raise
     except (OSError, ValueError, RuntimeError, SingleFileComponentError) as err:
-        raise _load_errors("base model", base, err, hint) from err
+        raise load_error("base model", base, err, hint) from err
     pipe.set_progress_bar_config(leave=False)
     return pipe
 
@@ -165,7 +166,7 @@ def load_motion_adapter(name: str, dtype: torch.dtype = torch.float32, config: s
     except UserError:
         raise
     except (OSError, ValueError, RuntimeError, SingleFileComponentError) as err:
-        raise _load_errors("motion adapter", name, err, hint) from err
+        raise load_error("motion adapter", name, err, hint) from err
 
 
 def video_pipeline(image: StableDiffusionPipeline, adapter: MotionAdapter) -> AnimateDiffPipeline:

@@ -7,7 +7,6 @@ dog")) at the EOS position. Trainable: LoRA on the UNet and the token's embeddin
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -23,14 +22,15 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from tqdm.auto import tqdm
 
-from cdvideo import checkpoints, data, loading, presets, scaleout
+from cdvideo import checkpoints, data, loading, presets, scaleout, tracking
 from cdvideo.atomic import ensure_writable_dir, write_json_atomic
-from cdvideo.concept import Concept, save_concept
+from cdvideo.concept import Concept, save_concept, save_photos
 from cdvideo.errors import UserError
 from cdvideo.loss import at_eos, concept_class_cosine, eos_features, semantic_preservation_loss
 from cdvideo.prompts import add_token
 
-LOG_EVERY = 10
+LOG_EVERY = 10  # metrics of every step are written, in batches of this many
+CONFIG_FILE = "train_config.json"
 
 
 @dataclass
@@ -55,6 +55,10 @@ class TrainConfig:
     class_images: str | None = None
     num_class_images: int = 50
     checkpoint_every: int = 0
+    keep_checkpoints: int = 2  # 0 = keep all (for `cdvideo eval --checkpoints`)
+    validate_every: int = 0  # render a validation still every N steps (0 = never)
+    validation_prompt: str | None = None  # default: "a photo of a <token> <class>"
+    validation_steps: int | None = None  # sampler steps per validation still (default: the family's)
     resume: str | None = None
     device: str | None = None
     base_config: str | None = None  # local diffusers config folder for single-file checkpoints
@@ -87,6 +91,8 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(f"--resolution must be a multiple of 8 (got {cfg.resolution})")
     if cfg.rank <= 0 or cfg.batch_size <= 0 or cfg.gradient_accumulation <= 0:
         raise UserError("--rank, --batch-size and --gradient-accumulation must be positive")
+    if cfg.checkpoint_every < 0 or cfg.keep_checkpoints < 0 or cfg.validate_every < 0:
+        raise UserError("--checkpoint-every, --keep-checkpoints and --validate-every must be >= 0")
     if cfg.spl_weight < 0 or cfg.prior_weight < 0:
         raise UserError("--spl-weight and --prior-weight must be >= 0")
     if not cfg.class_word.strip():
@@ -221,6 +227,36 @@ def _batch_loss(cfg, batch, unet, text_encoder, noise_scheduler, generator, scal
     return loss, {"mse": mse, "spl": spl, "prior": prior_loss}, concept_features
 
 
+def concept_record(cfg: TrainConfig, steps: int, drift: float | None, metrics: dict) -> Concept:
+    """The manifest of a concept trained with `cfg` for `steps` steps."""
+    return Concept(
+        token=cfg.token,
+        class_word=cfg.class_word,
+        base=loading.base_identity(cfg.base),
+        rank=cfg.rank,
+        alpha=cfg.alpha,
+        spl_weight=cfg.spl_weight,
+        steps=steps,
+        seed=cfg.seed,
+        lora_targets=list(presets.preset_for(cfg.base).lora_targets),
+        drift=drift,
+        prior_weight=cfg.prior_weight,
+        metrics=metrics,
+    )
+
+
+def _validation_hook(cfg: TrainConfig, pipe, out: Path) -> Callable[[int], None]:
+    preset = presets.preset_for(cfg.base)
+    prompt = cfg.validation_prompt or f"a photo of a {cfg.token} {cfg.class_word}"
+
+    def validate_at(step: int) -> None:
+        steps = cfg.validation_steps or preset.steps
+        tracking.render_validation(pipe, prompt, out, step, cfg.resolution, steps, preset.guidance)
+        tracking.plot_curves(out, title=f"{cfg.token} {cfg.class_word}")
+
+    return validate_at
+
+
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
     """One process: a plain loop on the chosen device. Under `accelerate launch`: data parallel,
     mixed precision and gradient accumulation, as launched."""
@@ -271,6 +307,9 @@ def train(
         say(f"skipped {path}: {reason}")
     for note in photos.notes:
         say(f"note: {note}")
+    if main:
+        save_photos(out, photos.images)
+        write_json_atomic(out / CONFIG_FILE, {**asdict(cfg), "num_processes": accelerator.num_processes})
     say(f"training '{cfg.token} {cfg.class_word}' on {len(photos.images)} photos, base {cfg.base}, {cfg.steps} steps")
     if accelerator.num_processes > 1 or cfg.gradient_accumulation > 1:
         per_step = cfg.batch_size * accelerator.num_processes * cfg.gradient_accumulation
@@ -334,14 +373,14 @@ def train(
 
     models = {"unet": unet, "text_encoder": text_encoder, "vae": vae, "token_id": token_id}
     ddp_unet, ddp_text_encoder, optimizer = accelerator.prepare(unet, text_encoder, optimizer)
-    metrics_path = out / "metrics.jsonl"
+    log = tracking.MetricsLog(out, state.step) if main else None
+    validate_at = _validation_hook(cfg, pipe, out) if cfg.validate_every and main else None
     bar = tqdm(total=cfg.steps, initial=state.step, desc="train", disable=not (progress and main))
-    history: list[dict] = []
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     for step in range(state.step, cfg.steps):
         for _ in range(cfg.gradient_accumulation):
             with accelerator.accumulate(ddp_unet, ddp_text_encoder), accelerator.autocast():
-                loss, parts, concept_features = _batch_loss(
+                loss, parts, _ = _batch_loss(
                     cfg, batch, ddp_unet, ddp_text_encoder, noise_scheduler, generator, vae.config.scaling_factor
                 )
                 accelerator.backward(loss)
@@ -350,6 +389,8 @@ def train(
                 optimizer.step()  # a no-op until the accumulation is complete
                 optimizer.zero_grad(set_to_none=True)
             nonfinite |= ~torch.isfinite(loss)  # checked when we sync anyway: logging and checkpoints
+        if log:
+            log.add(step + 1, parts["mse"], parts["spl"], parts["prior"], 1 - parts["spl"])  # SPL = 1 - cosine
         bar.update(1)
         due_checkpoint = cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps
         due_log = (step + 1) % LOG_EVERY == 0 or step + 1 == cfg.steps or step == 0
@@ -358,16 +399,17 @@ def train(
                 f"loss became NaN or infinite by step {step + 1}; lower the learning rates "
                 "(checkpoints written before it are intact: --resume latest)"
             )
-        if due_log and main:
-            drift = concept_class_cosine(concept_features, class_features).mean().item()
-            record = {"step": step + 1, **{k: round(v.item(), 6) for k, v in parts.items()}, "cosine": round(drift, 6)}
-            history.append(record)
-            bar.set_postfix(mse=f"{record['mse']:.4f}", spl=f"{record['spl']:.4f}", cos=f"{drift:.3f}")
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+        if due_log and log:
+            record = log.flush()
+            bar.set_postfix(mse=f"{record['mse']:.4f}", spl=f"{record['spl']:.4f}", cos=f"{record['cosine']:.3f}")
         if due_checkpoint and main:
-            checkpoints.save(out, step + 1, unet, embeddings[token_id], optimizer, generator)
+            checkpoints.save(out, step + 1, unet, embeddings[token_id], optimizer, generator, keep=cfg.keep_checkpoints)
+        if validate_at and ((step + 1) % cfg.validate_every == 0 or step + 1 == cfg.steps):
+            validate_at(step + 1)
     bar.close()
+    if log:
+        log.flush()
+        tracking.plot_curves(out, title=f"{cfg.token} {cfg.class_word}")
     accelerator.wait_for_everyone()
 
     moved = (embeddings.detach() - original_rows).abs().sum(dim=1).nonzero().flatten().tolist()
@@ -377,23 +419,9 @@ def train(
         return out
     with torch.no_grad():
         final_cosine = concept_class_cosine(eos_features(text_encoder, concept_ids, eos_id), class_features).item()
-    concept = Concept(
-        token=cfg.token,
-        class_word=cfg.class_word,
-        base=loading.base_identity(cfg.base),
-        rank=cfg.rank,
-        alpha=cfg.alpha,
-        spl_weight=cfg.spl_weight,
-        steps=cfg.steps,
-        seed=cfg.seed,
-        lora_targets=list(presets.preset_for(cfg.base).lora_targets),
-        drift=round(final_cosine, 6),
-        prior_weight=cfg.prior_weight,
-        metrics=history[-1] if history else {},
-    )
+    concept = concept_record(cfg, cfg.steps, round(final_cosine, 6), log.last)
     lora_state = get_peft_model_state_dict(unet)
     save_concept(out, concept, lora_state, embeddings[token_id])
-    write_json_atomic(out / "train_config.json", {**asdict(cfg), "num_processes": accelerator.num_processes})
     say(f"wrote concept to {out} (token {cfg.token}, concept-class cosine {final_cosine:.3f})")
     return out
 
