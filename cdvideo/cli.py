@@ -59,10 +59,25 @@ def _animate_parser(sub) -> None:
     p.add_argument("--seed", type=int, nargs="+", dest="seeds", help="one or more seeds")
     p.add_argument("--fps", type=int)
     p.add_argument("--lora-scale", type=float)
-    p.add_argument("--decode-chunk-size", type=int)
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--output")
     p.add_argument("--device")
+    _render_controls(p)
+
+
+def _render_controls(p) -> None:
+    g = p.add_argument_group("memory and speed")
+    g.add_argument("--decode-chunk-size", type=int, help="frames per VAE decode (default 16; 1 = VAE slicing)")
+    g.add_argument(
+        "--context-length",
+        type=int,
+        help="FreeNoise sliding windows of N frames (default: on, at the adapter's length, for longer clips)",
+    )
+    g.add_argument("--context-stride", type=int, help="frames between window starts (default 4)")
+    g.add_argument("--forward-chunk", type=int, metavar="N", help="run UNet feed-forward layers N rows at a time")
+    g.add_argument("--cpu-offload", action="store_true", default=None, help="keep one model at a time on the GPU")
+    g.add_argument("--channels-last", action="store_true", default=None, help="channels-last memory layout")
+    g.add_argument("--compile", action="store_true", default=None, help="torch.compile the UNet (slow first step)")
 
 
 def _demo_parser(sub) -> None:

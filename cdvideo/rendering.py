@@ -11,7 +11,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from cdvideo import concept as concepts
-from cdvideo import export, loading, presets
+from cdvideo import controls, export, loading, presets
 from cdvideo.atomic import ensure_writable_dir, write_json_atomic
 from cdvideo.errors import UserError
 from cdvideo.prompts import bind_prompt, token_count_warning
@@ -40,6 +40,13 @@ class AnimateConfig:
     precision: str | None = None
     device: str | None = None
     base_config: str | None = None
+    # Memory and speed controls (cdvideo/controls.py)
+    context_length: int | None = None  # FreeNoise windows; automatic when frames > the adapter's length
+    context_stride: int | None = None
+    forward_chunk: int | None = None
+    cpu_offload: bool = False
+    channels_last: bool = False
+    compile: bool = False
 
 
 @dataclass
@@ -97,21 +104,21 @@ def validate(cfg: AnimateConfig) -> None:
         raise UserError(f"--width and --height must be multiples of 8 (got {cfg.width}x{cfg.height})")
     if cfg.steps <= 0 or cfg.frames <= 0 or cfg.fps <= 0:
         raise UserError("--steps, --frames and --fps must be positive")
+    if cfg.decode_chunk_size <= 0:
+        raise UserError(f"--decode-chunk-size must be positive (got {cfg.decode_chunk_size})")
 
 
-def build_pipeline(cfg: AnimateConfig, device: torch.device, dtype: torch.dtype):
-    """Base model + motion adapter as one AnimateDiffPipeline with the family's sampler."""
+def build_pipeline(cfg: AnimateConfig, dtype: torch.dtype):
+    """Base model + motion adapter as one AnimateDiffPipeline with the family's sampler, on the CPU.
+
+    `controls.apply` places it on the device (or offloads it) once everything is loaded and fused.
+    """
     image = loading.load_image_pipeline(cfg.base, dtype, config=cfg.base_config)
     adapter = loading.load_motion_adapter(cfg.motion_adapter, dtype)
-    limit = adapter.config.motion_max_seq_length
-    if cfg.frames > limit:
-        raise UserError(
-            f"--frames {cfg.frames} is more than the motion adapter's {limit}; use --frames {limit} or fewer"
-        )
     pipe = loading.video_pipeline(image, adapter)
     overrides = presets.preset_for(cfg.base).scheduler
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, **overrides)
-    return pipe.to(device)
+    return pipe
 
 
 def animate(cfg: AnimateConfig, say: Callable[[str], None] = print, progress: bool = True) -> list[Video]:
@@ -123,11 +130,12 @@ def animate(cfg: AnimateConfig, say: Callable[[str], None] = print, progress: bo
     device = loading.pick_device(cfg.device)
     dtype = loading.pick_dtype(device, cfg.precision)
     out = ensure_writable_dir(Path(cfg.output))
-    pipe = build_pipeline(cfg, device, dtype)
+    pipe = build_pipeline(cfg, dtype)
     pipe.set_progress_bar_config(disable=not progress, leave=False)
     if concept:
         concepts.apply_concept(pipe, folder, concept, scale=cfg.lora_scale)
         say(f"concept {concept.token} ({concept.class_word}) from {folder}")
+    controls.apply(pipe, cfg, device, say)
     scheduler_settings = {
         "class": type(pipe.scheduler).__name__,
         **{k: v for k, v in pipe.scheduler.config.items() if not k.startswith("_")},
