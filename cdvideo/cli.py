@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from cdvideo.atomic import destination_full
 from cdvideo.errors import UserError
 
 
@@ -150,18 +151,37 @@ def _run(args: argparse.Namespace) -> None:
         cdvideo.demo(output=args.output, seed=args.seed)
 
 
+def _end_progress_bars() -> None:
+    """Close bars an error interrupted, so the error gets a line of its own rather than the bar's tail."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     args = build_parser().parse_args(argv)
     try:
-        _run(args)
+        try:
+            _run(args)
+        finally:
+            _end_progress_bars()
     except UserError as err:
         print(f"cdvideo: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("cdvideo: interrupted; finished outputs are intact (train: --resume latest)", file=sys.stderr)
         return 130
+    except Exception as err:
+        # Writes outside atomic_path (logs) can hit a full disk too: still one line, not a traceback.
+        full = destination_full(err)
+        if full is None:
+            raise
+        where = full.filename or "an output file"
+        print(f"cdvideo: error: cannot write {where}: {full.strerror}; free some space", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -172,6 +172,15 @@ def make_trainable(cfg: TrainConfig, unet, text_encoder, vae, token_id: int):
     return embeddings, optimizer
 
 
+def _nonfinite_message(step: int, last_good: Path | None) -> str:
+    where = (
+        f"the last good checkpoint is {last_good}: --resume latest with lower rates"
+        if last_good
+        else "no checkpoint was written before it (--checkpoint-every N keeps some)"
+    )
+    return f"loss became NaN or infinite by step {step}; lower --lora-lr/--token-lr ({where})"
+
+
 def train(
     cfg: TrainConfig,
     say: Callable[[str], None] = print,
@@ -236,6 +245,10 @@ def train(
     state = checkpoints.TrainState(step=0)
     if cfg.resume:
         state = checkpoints.resume(out, cfg.resume, unet, embeddings, token_id, optimizer)
+        # The optimizer state carries the earlier run's learning rates; the ones asked for now win,
+        # so a run that went NaN can resume with lower --lora-lr/--token-lr.
+        for group, lr in zip(optimizer.param_groups, (cfg.lora_lr, cfg.token_lr), strict=True):
+            group["lr"] = lr
         say(f"resumed from step {state.step}")
     generator = torch.Generator(device).manual_seed(cfg.seed)
     if state.generator_state is not None:
@@ -283,11 +296,13 @@ def train(
         bar.update(1)
         due_checkpoint = cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps
         due_log = (step + 1) % LOG_EVERY == 0 or step + 1 == cfg.steps or step == 0
+        if due_checkpoint:
+            # A finite loss can still come with a non-finite update: never checkpoint broken weights.
+            for param in optimizer.param_groups[0]["params"]:
+                nonfinite |= ~torch.isfinite(param).all()
+            nonfinite |= ~torch.isfinite(embeddings[token_id]).all()
         if (due_log or due_checkpoint) and bool(nonfinite):
-            raise UserError(
-                f"loss became NaN or infinite by step {step + 1}; lower the learning rates "
-                "(checkpoints written before it are intact: --resume latest)"
-            )
+            raise UserError(_nonfinite_message(step + 1, checkpoints.latest(out)))
         if due_log:
             drift = concept_class_cosine(concept_features, class_features).mean().item()
             record = {
