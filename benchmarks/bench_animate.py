@@ -8,9 +8,9 @@ alternate stock/cdvideo and flip order every round. Printed: median time per var
 RSS (VmHWM) and, on CUDA, `torch.cuda.max_memory_allocated`, and the largest pixel difference between
 the two variants' frames (the renders must agree).
 
-Sweep mode (`--sweep`): cdvideo alone, one worker process, how per-video time and peak memory grow
-with frames (8/16/32, and 48 in FreeNoise windows), resolution, batch (number of seeds) and each
-memory/speed control. The high-water mark is reset before each point.
+Sweep mode (`--sweep`): cdvideo alone, a fresh process per point: how per-video time and peak RSS grow
+with frames (8/16/32, and 48 in FreeNoise windows), resolution, number of seeds and each
+memory/speed control. Each point renders two seeds; the faster video is its time.
 
     python benchmarks/bench_animate.py                      # shapes, 64 px, 16 frames, 2 steps, 2 rounds
     python benchmarks/bench_animate.py --sweep
@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import REPO, _peak_rss_mib, _reset_peak_rss, machine_info  # noqa: E402
+from bench_train import REPO, _peak_rss_mib, serve_worker  # noqa: E402
 
 PROMPT = "a star spinning"
 CLASS_WORD = "star"
@@ -178,64 +178,42 @@ def worker_stock(args) -> dict:
 
 
 SWEEP = [  # (label, AnimateConfig overrides); the first is the baseline the others change one thing of
-    ("baseline: 16 frames, 64 px, 1 seed", {}),
+    ("baseline: 16 frames, 64 px", {}),
     ("frames 8", {"frames": 8}),
     ("frames 32", {"frames": 32}),
     ("frames 48 (FreeNoise windows 32/4)", {"frames": 48}),
     ("128 px", {"width": 128, "height": 128}),
-    ("batch 2 (seeds)", {"seeds": [0, 1]}),
-    ("batch 4 (seeds)", {"seeds": [0, 1, 2, 3]}),
+    ("4 seeds", {"seeds": [0, 1, 2, 3]}),
     ("decode chunk 1 (= VAE slicing)", {"decode_chunk_size": 1}),
     ("forward chunk 2", {"forward_chunk": 2}),
     ("channels-last", {"channels_last": True}),
-    ("compile (2nd video)", {"compile": True, "seeds": [0, 1]}),
+    ("compile", {"compile": True}),
 ]
 
 
-def worker_sweep(args) -> list[dict]:
+def worker_point(args) -> dict:
+    """One sweep point in a fresh process, so its peak RSS is its own (freed memory is not given back)."""
     import cdvideo
     from cdvideo import loading
 
-    device = loading.pick_device(args.device)
-    rows = []
-    for label, overrides in SWEEP:
-        if args.only and not any(word in label for word in args.only):
-            continue
-        values = {"prompts": [PROMPT], "use_concept": False, "base": "shapes", "seeds": [args.seed]}
-        values |= _settings(args) | {"output": args.output, "device": args.device} | overrides
-        reset = _reset_peak_rss()
-        if device.type == "cuda":
-            import torch
-
-            torch.cuda.reset_peak_memory_stats(device)
-        start = time.perf_counter()
-        videos = cdvideo.animate(cdvideo.AnimateConfig(**values), say=lambda _m: None, progress=False)
-        total = time.perf_counter() - start
-        row = {
-            "label": label,
-            "seconds_total": total,
-            "video_seconds": [v.seconds for v in videos],
-            "peak_rss_mib": _peak_rss_mib() if reset else None,
-            "cuda_max_allocated_mib": _cuda_peak(device),
-        }
-        rows.append(row)
-        print(json.dumps(row), file=sys.stderr, flush=True)
-    return rows
+    label, overrides = SWEEP[args.point]
+    # Two videos per point: the faster one is the figure (less contention noise; compile's first is warm-up).
+    values = {"prompts": [PROMPT], "use_concept": False, "base": "shapes", "seeds": [args.seed, args.seed + 1]}
+    values |= _settings(args) | {"output": args.output, "device": args.device} | overrides
+    start = time.perf_counter()
+    videos = cdvideo.animate(cdvideo.AnimateConfig(**values), say=lambda _m: None, progress=False)
+    return {
+        "label": label,
+        "seconds_total": time.perf_counter() - start,
+        "video_seconds": [v.seconds for v in videos],
+        "peak_rss_mib": _peak_rss_mib(),
+        "cuda_max_allocated_mib": _cuda_peak(loading.pick_device(args.device)),
+    }
 
 
 def run_worker(args) -> None:
-    if args.threads > 0:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    work = {
-        "concept": worker_concept,
-        "cdvideo": worker_cdvideo,
-        "stock": worker_stock,
-        "sweep": worker_sweep,
-        "info": lambda a: machine_info(a.device),
-    }[args.worker]
-    Path(args.result).write_text(json.dumps(work(args)))
+    workers = {"concept": worker_concept, "cdvideo": worker_cdvideo, "stock": worker_stock, "point": worker_point}
+    serve_worker(args, workers)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -257,10 +235,9 @@ def _spawn(kind: str, args, tmp: Path, extra: list[str] = ()) -> dict | list:
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     if args.threads > 0:
         env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None if kind == "sweep" else subprocess.PIPE,
-                          text=True, env=env, cwd=REPO)  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
     if proc.returncode != 0:
-        sys.stderr.write(proc.stdout[-4000:] + (proc.stderr or "")[-8000:])
+        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
         raise SystemExit(f"{kind} worker failed (exit {proc.returncode})")
     data = json.loads(result.read_text())
     if isinstance(data, dict):
@@ -310,15 +287,16 @@ def compare(args, tmp: Path) -> dict:
 
 
 def sweep(args, tmp: Path) -> list[dict]:
-    rows = _spawn("sweep", args, tmp, [*(["--only", *args.only] if args.only else [])])
-    print(f"\n{'point':<36} {'per video s':>12} {'peak RSS MiB':>13} {'CUDA MiB':>9}")
+    rows = []
+    for index, (label, _) in enumerate(SWEEP):
+        if not args.only or any(word in label for word in args.only):
+            rows.append(_spawn("point", args, tmp, ["--point", str(index)]))
+    print(f"\n{'point':<36} {'videos':>6} {'all videos s':>12} {'per video s (min)':>18} {'peak RSS MiB':>13} "
+          f"{'CUDA MiB':>9}")  # fmt: skip
     for row in rows:
-        per_video = row["video_seconds"][-1] if "compile" in row["label"] else statistics.mean(row["video_seconds"])
-        rss, cuda = row["peak_rss_mib"], row["cuda_max_allocated_mib"]
-        print(
-            f"{row['label']:<36} {per_video:>12.2f} {'-' if rss is None else f'{rss:.0f}':>13} "
-            f"{'-' if cuda is None else f'{cuda:.0f}':>9}"
-        )
+        rss, cuda, times = row["peak_rss_mib"], row["cuda_max_allocated_mib"], row["video_seconds"]
+        print(f"{row['label']:<36} {len(times):>6} {sum(times):>12.2f} {min(times):>18.2f} "
+              f"{'-' if rss is None else f'{rss:.0f}':>13} {'-' if cuda is None else f'{cuda:.0f}':>9}")  # fmt: skip
     return rows
 
 
@@ -335,10 +313,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker (0 = torch's default)")
     parser.add_argument("--json", help="write all results to this file")
-    parser.add_argument("--worker", choices=["concept", "cdvideo", "stock", "sweep", "info"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["concept", "cdvideo", "stock", "point", "info"], help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     parser.add_argument("--output", help=argparse.SUPPRESS)
     parser.add_argument("--concept", help=argparse.SUPPRESS)
+    parser.add_argument("--point", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         run_worker(args)
