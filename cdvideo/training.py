@@ -172,6 +172,12 @@ def make_trainable(cfg: TrainConfig, unet, text_encoder, vae, token_id: int):
     return embeddings, optimizer
 
 
+def _weights_nonfinite(optimizer) -> torch.Tensor:
+    """Whether any trained weight is NaN or infinite, as a tensor (no host sync until it is read)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    return torch.stack([~torch.isfinite(p).all() for p in params]).any()
+
+
 def _nonfinite_message(step: int, last_good: Path | None) -> str:
     where = (
         f"the last good checkpoint is {last_good}: --resume latest with lower rates"
@@ -298,9 +304,7 @@ def train(
         due_log = (step + 1) % LOG_EVERY == 0 or step + 1 == cfg.steps or step == 0
         if due_checkpoint:
             # A finite loss can still come with a non-finite update: never checkpoint broken weights.
-            for param in optimizer.param_groups[0]["params"]:
-                nonfinite |= ~torch.isfinite(param).all()
-            nonfinite |= ~torch.isfinite(embeddings[token_id]).all()
+            nonfinite |= _weights_nonfinite(optimizer)
         if (due_log or due_checkpoint) and bool(nonfinite):
             raise UserError(_nonfinite_message(step + 1, checkpoints.latest(out)))
         if due_log:
@@ -319,6 +323,8 @@ def train(
         if due_checkpoint:
             checkpoints.save(out, step + 1, unet, embeddings[token_id], optimizer, generator)
     bar.close()
+    if bool(_weights_nonfinite(optimizer)):  # the last update, which no loss has seen yet
+        raise UserError(_nonfinite_message(cfg.steps, checkpoints.latest(out)))
 
     moved = (embeddings.detach() - original_rows).abs().sum(dim=1).nonzero().flatten().tolist()
     if any(i != token_id for i in moved):

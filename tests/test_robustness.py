@@ -116,6 +116,14 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_base, d
         assert all(torch.isfinite(t).all() for t in load_file(out / name).values())
 
 
+def test_a_broken_last_update_is_never_saved_as_a_concept(tiny_base, dog_photos, tmp_path, capsys):
+    out = tmp_path / "c"
+    # Step 1's loss is finite; its update (infinite rate) is not, and no later loss would show it.
+    assert cli_main(cli_train_args(tiny_base, dog_photos, out, "--lora-lr", "inf", steps=1)) == 2
+    assert_one_clear_line(capsys.readouterr().err, "NaN or infinite by step 1", "no checkpoint was written")
+    assert not (out / "cdvideo.json").exists()
+
+
 # --- prompt binding, fuzzed -------------------------------------------------------------------------
 
 TOKEN = "<new1>"
