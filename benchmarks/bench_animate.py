@@ -188,6 +188,7 @@ SWEEP = [  # (label, AnimateConfig overrides); the first is the baseline the oth
     ("forward chunk 2", {"forward_chunk": 2}),
     ("channels-last", {"channels_last": True}),
     ("compile", {"compile": True}),
+    ("128 px, decode chunk 1", {"width": 128, "height": 128, "decode_chunk_size": 1}),
 ]
 
 
