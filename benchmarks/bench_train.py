@@ -317,20 +317,20 @@ def machine_info(device: str | None) -> dict:
     }
 
 
-def run_worker(args) -> None:
+def serve_worker(args, workers: dict) -> None:
+    """Run `workers[args.worker]` in this (worker) process and write its result as JSON."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.threads > 0:
         import torch
 
         torch.set_num_threads(args.threads)
-    work = {
-        "cdvideo": worker_cdvideo,
-        "reference": worker_reference,
-        "build": worker_build,
-        "info": lambda a: machine_info(a.device),
-    }[args.worker]
+    work = {**workers, "info": lambda a: machine_info(a.device)}[args.worker]
     result = work(args)
     Path(args.result).write_text(json.dumps(result))
+
+
+def run_worker(args) -> None:
+    serve_worker(args, {"cdvideo": worker_cdvideo, "reference": worker_reference, "build": worker_build})
 
 
 # --------------------------------------------------------------------------------------------------

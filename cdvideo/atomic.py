@@ -10,7 +10,9 @@ import contextlib
 import errno
 import json
 import os
+import re
 import secrets
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,8 +23,26 @@ from cdvideo.errors import UserError
 # Linux NAME_MAX; temp names must stay under it even for long stems.
 _NAME_MAX = 255
 
-# Errors raised while writing data that are about the destination, not about the data.
-_DEST_FULL = {errno.ENOSPC, errno.EDQUOT}
+# Errors raised while writing data that are about the destination, not about the data:
+# a full disk, a quota, or a file-size limit on the process (RLIMIT_FSIZE, with SIGXFSZ ignored).
+DEST_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def destination_full(exc: BaseException) -> OSError | None:
+    """The full-disk OSError behind `exc`, also when a library wrapped it in its own type.
+
+    torch.save raises a RuntimeError whose context is the OSError; safetensors' Rust writer
+    raises SafetensorError naming "os error N".
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in DEST_FULL:
+            return seen
+        code = re.search(r"os error (\d+)", str(seen))
+        if code and int(code.group(1)) in DEST_FULL:
+            return OSError(int(code.group(1)), os.strerror(int(code.group(1))))
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _cannot_write(directory: Path, reason: str | BaseException) -> UserError:
@@ -41,6 +61,20 @@ def _make_dir(directory: Path) -> None:
         raise _cannot_write(directory, "exists and is not a directory") from exc
     except OSError as exc:
         raise _cannot_write(directory, exc) from exc
+
+
+@contextlib.contextmanager
+def _full_disk_is_user_error(directory: Path) -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        full = destination_full(exc)
+        if full:
+            raise UserError(
+                f"cannot write to {directory}: {full.strerror}; free some space or choose another --output "
+                "(files written before are intact)"
+            ) from exc
+        raise
 
 
 def _temp_name(name: str) -> str:
@@ -78,12 +112,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     except OSError as exc:
         raise _cannot_write(directory, exc) from exc
     try:
-        try:
+        with _full_disk_is_user_error(directory):
             yield tmp
-        except OSError as exc:
-            if exc.errno in _DEST_FULL:
-                raise _cannot_write(directory, exc) from exc
-            raise
         # Flush data before the rename so a power loss cannot leave an empty file in place.
         _fsync_path(tmp)
         try:
@@ -93,6 +123,27 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Like `atomic_path` for a folder: fill the yielded temp folder; it replaces `path` on success."""
+    final = Path(path)
+    _make_dir(final.parent)
+    tmp = final.parent / _temp_name(final.name)
+    try:
+        tmp.mkdir()
+    except OSError as exc:
+        raise _cannot_write(final.parent, exc) from exc
+    try:
+        with _full_disk_is_user_error(final.parent):
+            yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
 import shutil
@@ -14,6 +13,7 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from cdvideo.atomic import atomic_dir
 from cdvideo.errors import UserError
 
 FOLDER = "checkpoints"
@@ -32,23 +32,19 @@ def save(
     (0 keeps every one)."""
     root = out / FOLDER
     final = root / f"step-{step:06d}"
-    tmp = root / f".step-{step:06d}.tmp-{os.getpid()}"
-    tmp.mkdir(parents=True, exist_ok=True)
-    lora = {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(unet).items()}
-    save_file(lora, tmp / "lora.safetensors")
-    save_file({"token_row": token_row.detach().contiguous().cpu()}, tmp / "token.safetensors")
-    torch.save(
-        {
+    with atomic_dir(final) as tmp:
+        lora = {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(unet).items()}
+        save_file(lora, tmp / "lora.safetensors")
+        save_file({"token_row": token_row.detach().contiguous().cpu()}, tmp / "token.safetensors")
+        state = {
             "step": step,
             "optimizer": optimizer.state_dict(),
             "generator": generator.get_state(),
             "torch_rng": torch.get_rng_state(),
-        },
-        tmp / "state.pt",
-    )
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+        }
+        # Through a Python file object: a full disk then surfaces as OSError, not a bare C++ error.
+        with open(tmp / "state.pt", "wb") as f:
+            torch.save(state, f)
     for old in sorted(root.glob("step-*"))[:-keep] if keep else []:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from cdvideo.atomic import destination_full
 from cdvideo.errors import UserError
 from cdvideo.presets import SAMPLERS
 
@@ -76,10 +77,25 @@ def _animate_parser(sub) -> None:
     p.add_argument("--seed", type=int, nargs="+", dest="seeds", help="one or more seeds")
     p.add_argument("--fps", type=int)
     p.add_argument("--lora-scale", type=float)
-    p.add_argument("--decode-chunk-size", type=int)
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--output")
     p.add_argument("--device")
+    _render_controls(p)
+
+
+def _render_controls(p) -> None:
+    g = p.add_argument_group("memory and speed")
+    g.add_argument("--decode-chunk-size", type=int, help="frames per VAE decode (default 16; 1 = VAE slicing)")
+    g.add_argument(
+        "--context-length",
+        type=int,
+        help="FreeNoise sliding windows of N frames (default: on, at the adapter's length, for longer clips)",
+    )
+    g.add_argument("--context-stride", type=int, help="frames between window starts (default 4)")
+    g.add_argument("--forward-chunk", type=int, metavar="N", help="run UNet feed-forward layers N rows at a time")
+    g.add_argument("--cpu-offload", action="store_true", default=None, help="keep one model at a time on the GPU")
+    g.add_argument("--channels-last", action="store_true", default=None, help="channels-last memory layout")
+    g.add_argument("--compile", action="store_true", default=None, help="torch.compile the UNet (slow first step)")
 
 
 def _export_parser(sub) -> None:
@@ -199,18 +215,37 @@ def _run(args: argparse.Namespace) -> None:
         cdvideo.demo(output=args.output, seed=args.seed)
 
 
+def _end_progress_bars() -> None:
+    """Close bars an error interrupted, so the error gets a line of its own rather than the bar's tail."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     args = build_parser().parse_args(argv)
     try:
-        _run(args)
+        try:
+            _run(args)
+        finally:
+            _end_progress_bars()
     except UserError as err:
         print(f"cdvideo: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("cdvideo: interrupted; finished outputs are intact (train: --resume latest)", file=sys.stderr)
         return 130
+    except Exception as err:
+        # Writes outside atomic_path (logs) can hit a full disk too: still one line, not a traceback.
+        full = destination_full(err)
+        if full is None:
+            raise
+        where = full.filename or "an output file"
+        print(f"cdvideo: error: cannot write {where}: {full.strerror}; free some space", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -56,26 +56,30 @@ def save_concept(
     unet_lora_state: dict[str, torch.Tensor],
     token_embedding: torch.Tensor,
 ) -> None:
-    """Write the concept's files, each atomically; the manifest last so a killed run is never loadable."""
+    """Write the concept's files, each atomically; the manifest last so a killed run is never loadable.
+
+    Both weight files are written in full under temp names before anything at the final names
+    changes: a full disk leaves an earlier concept in `folder` whole and loadable.
+    """
     from diffusers import StableDiffusionPipeline
 
     from cdvideo.card import write_model_card  # imported here: the card module imports this one
 
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / MANIFEST).unlink(missing_ok=True)
     # Exact module paths, not patterns: a pattern like "to_q" would also match the motion
     # modules' attention once the LoRA is loaded into an AnimateDiff UNet.
     modules = sorted({key.rsplit(".lora_", 1)[0] for key in unet_lora_state})
     metadata = {"r": concept.rank, "lora_alpha": concept.alpha, "target_modules": modules}
-    with atomic_path(folder / LORA_FILE) as tmp:
+    with atomic_path(folder / LORA_FILE) as lora_tmp, atomic_path(folder / EMBEDS_FILE) as embeds_tmp:
         StableDiffusionPipeline.save_lora_weights(
-            tmp.parent,
+            lora_tmp.parent,
             unet_lora_layers=unet_lora_state,
-            weight_name=tmp.name,
+            weight_name=lora_tmp.name,
             unet_lora_adapter_metadata=metadata,
         )
-    with atomic_path(folder / EMBEDS_FILE) as tmp:
-        save_file({concept.token: token_embedding.detach().float().cpu().reshape(1, -1).contiguous()}, tmp)
+        save_file({concept.token: token_embedding.detach().float().cpu().reshape(1, -1).contiguous()}, embeds_tmp)
+        # From here the old files are replaced one by one: no manifest until the new one is complete.
+        (folder / MANIFEST).unlink(missing_ok=True)
     write_model_card(folder, concept)
     write_json_atomic(folder / MANIFEST, asdict(concept))
 

@@ -8,11 +8,13 @@ sibling and renamed into place (cdvideo.atomic).
 
 from __future__ import annotations
 
+import errno
 import itertools
 import math
 import numbers
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -25,7 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from cdvideo.atomic import atomic_path, ensure_writable_dir
+from cdvideo.atomic import DEST_FULL, atomic_path, ensure_writable_dir
 
 # Anything `to_uint8_frames` accepts: ndarray / torch.Tensor / iterable of frames.
 FramesLike = Any
@@ -199,7 +201,13 @@ def _encode(
             proc.wait()
         if rc != 0:
             log.seek(0)
-            msg = log.read().decode("utf-8", "replace").strip().splitlines()[-5:]
+            text = log.read().decode("utf-8", "replace")
+            if rc == -signal.SIGXFSZ:  # a file-size limit on the process; Python restores SIGXFSZ for children
+                raise OSError(errno.EFBIG, os.strerror(errno.EFBIG), str(out))
+            for code in DEST_FULL:  # ffmpeg's own report of a full disk: the caller's atomic_path says it plainly
+                if os.strerror(code) in text:
+                    raise OSError(code, os.strerror(code), str(out))
+            msg = text.strip().splitlines()[-5:]
             raise RuntimeError(f"ffmpeg failed (exit {rc}) writing {out.name}: " + " | ".join(msg))
 
 

@@ -38,15 +38,23 @@ def add_token(
     return token_id, notes
 
 
+def _whole(words: str) -> str:
+    """Regex for `words` as whole words: not inside a longer word or a <token>, any run of spaces between."""
+    return r"(?<![\w<>])" + r"\s+".join(map(re.escape, words.split())) + r"(?![\w<>])"
+
+
 def bind_prompt(prompt: str, token: str, class_word: str) -> tuple[str, str | None]:
     """Put the concept into a plain prompt: 'a dog running' -> 'a <new1> dog running'.
 
     Returns (prompt, warning). A prompt that already has the token is kept; one that names
     neither the token nor the class word gets a warning, since the subject will not appear.
+    Only the first whole-word, case-insensitive match of the class word is bound.
     """
-    if token in prompt:
+    if not token.strip() or not class_word.strip():
+        return prompt, f"the concept has no token or class word ({token!r}, {class_word!r}): prompt used as written"
+    if re.search(_whole(token), prompt):
         return prompt, None
-    pattern = re.compile(rf"(?<![\w<]){re.escape(class_word)}(?![\w>])", re.IGNORECASE)
+    pattern = re.compile(_whole(class_word), re.IGNORECASE)
     if not pattern.search(prompt):
         return prompt, (
             f"prompt {prompt!r} names neither {class_word!r} nor {token}: the trained subject will not appear"

@@ -11,7 +11,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from cdvideo import concept as concepts
-from cdvideo import export, loading, motion, presets, scaleout, sheets
+from cdvideo import controls, export, loading, motion, presets, scaleout, sheets
 from cdvideo.atomic import ensure_writable_dir, write_json_atomic, write_yaml_atomic
 from cdvideo.errors import UserError
 from cdvideo.prompts import bind_prompt, token_count_warning
@@ -44,6 +44,13 @@ class AnimateConfig:
     motion_adapter_config: str | None = None  # architecture of a single-file motion module
     motion_loras: list[str] = field(default_factory=list)  # "PATH[:WEIGHT]" each
     sampler: str | None = None  # None: the family's sampler; "lightning": AnimateDiff-Lightning's
+    # Memory and speed controls (cdvideo/controls.py)
+    context_length: int | None = None  # FreeNoise windows; automatic when frames > the adapter's length
+    context_stride: int | None = None
+    forward_chunk: int | None = None
+    cpu_offload: bool = False
+    channels_last: bool = False
+    compile: bool = False
 
 
 @dataclass
@@ -129,20 +136,20 @@ def validate(cfg: AnimateConfig) -> None:
         raise UserError("--steps, --frames and --fps must be positive")
     for spec in cfg.motion_loras:
         motion.parse_motion_lora(spec)
+    if cfg.decode_chunk_size <= 0:
+        raise UserError(f"--decode-chunk-size must be positive (got {cfg.decode_chunk_size})")
 
 
-def build_pipeline(cfg: AnimateConfig, device: torch.device, dtype: torch.dtype):
-    """Base model + motion adapter as one AnimateDiffPipeline with the family's sampler."""
+def build_pipeline(cfg: AnimateConfig, dtype: torch.dtype):
+    """Base model + motion adapter as one AnimateDiffPipeline with the family's sampler, on the CPU.
+
+    `controls.apply` places it on the device (or offloads it) once everything is loaded and fused.
+    """
     image = loading.load_image_pipeline(cfg.base, dtype, config=cfg.base_config)
     adapter = loading.load_motion_adapter(cfg.motion_adapter, dtype, config=cfg.motion_adapter_config)
-    limit = adapter.config.motion_max_seq_length
-    if cfg.frames > limit:
-        raise UserError(
-            f"--frames {cfg.frames} is more than the motion adapter's {limit}; use --frames {limit} or fewer"
-        )
     pipe = loading.video_pipeline(image, adapter)
     pipe.scheduler = make_scheduler(cfg, pipe.scheduler.config)
-    return pipe.to(device)
+    return pipe
 
 
 def animate(cfg: AnimateConfig, say: Callable[[str], None] = print, progress: bool = True) -> list[Video]:
@@ -156,7 +163,7 @@ def animate(cfg: AnimateConfig, say: Callable[[str], None] = print, progress: bo
     device = share.device or loading.pick_device(cfg.device)
     dtype = loading.pick_dtype(device, cfg.precision)
     out = ensure_writable_dir(Path(cfg.output))
-    pipe = build_pipeline(cfg, device, dtype)
+    pipe = build_pipeline(cfg, dtype)
     pipe.set_progress_bar_config(disable=not progress, leave=False)
     if concept:
         # Fused weights are fastest, but stacking motion LoRAs needs the concept as a live adapter.
@@ -166,6 +173,7 @@ def animate(cfg: AnimateConfig, say: Callable[[str], None] = print, progress: bo
         concept_scale = cfg.lora_scale if concept else None
         for name, weight in motion.apply_motion_loras(pipe, cfg.motion_loras, concept_scale):
             say(f"motion LoRA {name} at weight {weight}")
+    controls.apply(pipe, cfg, device, say)
     scheduler_settings = {
         "class": type(pipe.scheduler).__name__,
         **{k: v for k, v in pipe.scheduler.config.items() if not k.startswith("_")},

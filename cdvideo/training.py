@@ -281,6 +281,21 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     )
 
 
+def _weights_nonfinite(optimizer) -> torch.Tensor:
+    """Whether any trained weight is NaN or infinite, as a tensor (no host sync until it is read)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    return torch.stack([~torch.isfinite(p).all() for p in params]).any()
+
+
+def _nonfinite_message(step: int, last_good: Path | None) -> str:
+    where = (
+        f"the last good checkpoint is {last_good}: --resume latest with lower rates"
+        if last_good
+        else "no checkpoint was written before it (--checkpoint-every N keeps some)"
+    )
+    return f"loss became NaN or infinite by step {step}; lower --lora-lr/--token-lr ({where})"
+
+
 def train(
     cfg: TrainConfig,
     say: Callable[[str], None] = print,
@@ -363,6 +378,10 @@ def train(
     state = checkpoints.TrainState(step=0)
     if cfg.resume:
         state = checkpoints.resume(out, cfg.resume, unet, embeddings, token_id, optimizer)
+        # The optimizer state carries the earlier run's learning rates; the ones asked for now win,
+        # so a run that went NaN can resume with lower --lora-lr/--token-lr.
+        for group, lr in zip(optimizer.param_groups, (cfg.lora_lr, cfg.token_lr), strict=True):
+            group["lr"] = lr
         say(f"resumed from step {state.step}")
     # Each process draws its own batches; one process continues a checkpoint's exact stream.
     generator = torch.Generator(device).manual_seed(cfg.seed + accelerator.process_index)
@@ -394,11 +413,11 @@ def train(
         bar.update(1)
         due_checkpoint = cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps
         due_log = (step + 1) % LOG_EVERY == 0 or step + 1 == cfg.steps or step == 0
+        if due_checkpoint:
+            # A finite loss can still come with a non-finite update: never checkpoint broken weights.
+            nonfinite |= _weights_nonfinite(optimizer)
         if (due_log or due_checkpoint) and bool(nonfinite):
-            raise UserError(
-                f"loss became NaN or infinite by step {step + 1}; lower the learning rates "
-                "(checkpoints written before it are intact: --resume latest)"
-            )
+            raise UserError(_nonfinite_message(step + 1, checkpoints.latest(out)))
         if due_log and log:
             record = log.flush()
             bar.set_postfix(mse=f"{record['mse']:.4f}", spl=f"{record['spl']:.4f}", cos=f"{record['cosine']:.3f}")
@@ -407,6 +426,8 @@ def train(
         if validate_at and ((step + 1) % cfg.validate_every == 0 or step + 1 == cfg.steps):
             validate_at(step + 1)
     bar.close()
+    if bool(_weights_nonfinite(optimizer)):  # the last update, which no loss has seen yet
+        raise UserError(_nonfinite_message(cfg.steps, checkpoints.latest(out)))
     if log:
         log.flush()
         tracking.plot_curves(out, title=f"{cfg.token} {cfg.class_word}")

@@ -304,7 +304,7 @@ def test_bad_input_gets_one_clear_line(args, message, tiny_base, dog_photos, con
     assert "Traceback" not in err
 
 
-def test_frames_beyond_the_adapter_limit_are_refused(tiny_base, tiny_adapter, tmp_path, capsys):
+def test_windows_beyond_the_adapter_limit_are_refused(tiny_base, tiny_adapter, tmp_path, capsys):
     code, _, err = run_cli(
         [
             "animate",
@@ -315,6 +315,8 @@ def test_frames_beyond_the_adapter_limit_are_refused(tiny_base, tiny_adapter, tm
             "--motion-adapter",
             str(tiny_adapter),
             "--frames",
+            "40",
+            "--context-length",
             "40",
             "--width",
             "64",
