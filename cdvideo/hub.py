@@ -9,9 +9,10 @@ from cdvideo import concept as concepts
 from cdvideo.card import CARD_FILE, HUB_ID, refresh_model_card
 from cdvideo.errors import UserError
 
-# Resume state (optimizer moments), generated class images and half-written temp files are the
-# user's working material, not part of the published concept.
-IGNORE = ["checkpoints/**", "class-images/**", ".*", "**/.*"]
+# Resume state (optimizer moments), generated class images, validation stills and half-written
+# temp files are the user's working material, not part of the published concept; the subject
+# photos are the user's own pictures (kept for `cdvideo eval`), never published unasked.
+IGNORE = ["checkpoints/**", "class-images/**", "photos/**", "validation/**", ".*", "**/.*"]
 
 
 def _network_errors() -> tuple[type[BaseException], ...]:

@@ -283,9 +283,11 @@ def test_push_sends_the_concept_and_its_card_but_not_working_files(trained, tmp_
         "pytorch_lora_weights.safetensors",
         "learned_embeds.safetensors",
         "metrics.jsonl",
+        "curves.png",
         "train_config.json",
         "exports/lora/rex.safetensors",
     }
+    assert (folder / "photos").is_dir()  # kept locally for `cdvideo eval`, never uploaded
     card = ModelCard(api.sent["README.md"].decode())
     assert card.data.instance_prompt == "a <new1> dog"
     assert "pipe.load_lora_weights('me/rex-dog')" in card.text
