@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,10 +27,18 @@ class TrainState:
 
 
 def save(
-    out: Path, step: int, unet, token_row: torch.Tensor, optimizer, generator: torch.Generator, keep: int = 2
+    out: Path,
+    step: int,
+    unet,
+    token_row: torch.Tensor,
+    optimizer,
+    generator: torch.Generator,
+    keep: int = 2,
+    run_files: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write checkpoints/step-N atomically (a folder renamed into place), then drop all but the newest `keep`
-    (0 keeps every one)."""
+    (0 keeps every one). `run_files(folder)` adds the run's settings and photos, so `cdvideo eval
+    --checkpoints` can score a run that never finished."""
     root = out / FOLDER
     final = root / f"step-{step:06d}"
     with atomic_dir(final) as tmp:
@@ -45,6 +54,8 @@ def save(
         # Through a Python file object: a full disk then surfaces as OSError, not a bare C++ error.
         with open(tmp / "state.pt", "wb") as f:
             torch.save(state, f)
+        if run_files:
+            run_files(tmp)
     for old in sorted(root.glob("step-*"))[:-keep] if keep else []:
         shutil.rmtree(old, ignore_errors=True)
     return final

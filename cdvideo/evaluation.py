@@ -661,10 +661,19 @@ def evaluate(cfg: EvalConfig, say: Callable[[str], None] = print) -> dict:
 # checkpoints
 
 
+def _run_folder(run: Path) -> Path:
+    """Where a run's settings and photos are: the finished concept, else its newest checkpoint."""
+    from cdvideo import checkpoints
+    from cdvideo.training import CONFIG_FILE
+
+    newest = checkpoints.latest(run)
+    return newest if not (run / CONFIG_FILE).exists() and newest is not None else run
+
+
 def _run_config(run: Path):
     from cdvideo.training import CONFIG_FILE, TrainConfig
 
-    path = run / CONFIG_FILE
+    path = _run_folder(run) / CONFIG_FILE
     try:
         values = json.loads(path.read_text())
         return TrainConfig(**{k: v for k, v in values.items() if k in TrainConfig.__dataclass_fields__})
@@ -682,7 +691,7 @@ def checkpoint_concept(run: Path, checkpoint: Path, folder: Path) -> Path:
     lora, token_row = checkpoints.weights(checkpoint, hint="delete it or train again")
     row = next((r for r in tracking.read_metrics(run) if r.get("step") == step), {})
     concepts.save_concept(folder, concept_record(cfg, step, row.get("cosine"), row), lora, token_row)
-    concepts.save_photos(folder, concepts.load_photos(run))
+    concepts.save_photos(folder, concepts.load_photos(_run_folder(run)))
     return folder
 
 
@@ -715,7 +724,7 @@ def evaluate_checkpoints(cfg: EvalConfig, say: Callable[[str], None] = print) ->
     run = Path(cfg.checkpoints)
     if not run.is_dir():
         raise UserError(f"run folder {run} does not exist; give the --output folder of `cdvideo train`")
-    concepts.load_photos(run)
+    concepts.load_photos(_run_folder(run))
     found = checkpoints.saved(run)
     candidates = [(int(p.name.split("-")[1]), p) for p in found]
     if (run / concepts.MANIFEST).exists():

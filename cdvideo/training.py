@@ -322,9 +322,12 @@ def train(
         say(f"skipped {path}: {reason}")
     for note in photos.notes:
         say(f"note: {note}")
-    if main:
-        save_photos(out, photos.images)
-        write_json_atomic(out / CONFIG_FILE, {**asdict(cfg), "num_processes": accelerator.num_processes})
+
+    def write_run_files(folder: Path) -> None:
+        """The run's settings and photos, beside each checkpoint and the finished concept."""
+        save_photos(folder, photos.images)
+        write_json_atomic(folder / CONFIG_FILE, {**asdict(cfg), "num_processes": accelerator.num_processes})
+
     say(f"training '{cfg.token} {cfg.class_word}' on {len(photos.images)} photos, base {cfg.base}, {cfg.steps} steps")
     if accelerator.num_processes > 1 or cfg.gradient_accumulation > 1:
         per_step = cfg.batch_size * accelerator.num_processes * cfg.gradient_accumulation
@@ -422,7 +425,9 @@ def train(
             record = log.flush()
             bar.set_postfix(mse=f"{record['mse']:.4f}", spl=f"{record['spl']:.4f}", cos=f"{record['cosine']:.3f}")
         if due_checkpoint and main:
-            checkpoints.save(out, step + 1, unet, embeddings[token_id], optimizer, generator, keep=cfg.keep_checkpoints)
+            checkpoints.save(
+                out, step + 1, unet, embeddings[token_id], optimizer, generator, cfg.keep_checkpoints, write_run_files
+            )
         if validate_at and ((step + 1) % cfg.validate_every == 0 or step + 1 == cfg.steps):
             validate_at(step + 1)
     bar.close()
@@ -443,6 +448,8 @@ def train(
     concept = concept_record(cfg, cfg.steps, round(final_cosine, 6), log.last)
     lora_state = get_peft_model_state_dict(unet)
     save_concept(out, concept, lora_state, embeddings[token_id])
+    # After the concept: a run that fails while saving leaves the earlier concept's files as they were.
+    write_run_files(out)
     say(f"wrote concept to {out} (token {cfg.token}, concept-class cosine {final_cosine:.3f})")
     return out
 
