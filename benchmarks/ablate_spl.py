@@ -144,18 +144,25 @@ def measure(subject: str, budget: Budget, seed: int, folder: Path | None = None)
         concepts.apply_concept(video, folder, concept)
     alone = score_images(image, f"a {subject}", budget, seed)
     with_hp = score_images(image, f"a {subject} {HEADPHONES}", budget, seed + 1)
-    clips = score_videos(video, f"a {subject} {HEADPHONES} moving left", budget, seed + 2)
     is_base = folder is None
-    return {
+    result = {
         "identity": float(np.mean([s.pattern for s in alone])),
         "circle": float(np.mean([s.cls == "circle" for s in alone])),
         "composition_image": float(np.mean([composed(s, is_base) for s in with_hp])),
         "headphones_image": float(np.mean([s.accessory == HEADPHONES for s in with_hp])),
-        "composition_video": float(np.mean([composed(c, is_base) and c.motion == "moving left" for c in clips])),
-        "motion_left": float(np.mean([c.motion == "moving left" for c in clips])),
-        "still": float(np.mean([c.motion == "" for c in clips])),
+        "composition_video": None,
+        "motion_left": None,
+        "still": None,
         "drift_cosine": drift_cosine(image, subject.split()[0]) if not is_base else 1.0,
     }
+    if budget.clips:  # clips cost 16x an image each: --clips 0 keeps a CPU sweep to the image metrics
+        clips = score_videos(video, f"a {subject} {HEADPHONES} moving left", budget, seed + 2)
+        result["composition_video"] = float(
+            np.mean([composed(c, is_base) and c.motion == "moving left" for c in clips])
+        )
+        result["motion_left"] = float(np.mean([c.motion == "moving left" for c in clips]))
+        result["still"] = float(np.mean([c.motion == "" for c in clips]))
+    return result
 
 
 def run_variant(name: str, seed: int, snapshots: list[int], budget: Budget, work: Path) -> list[dict]:
@@ -193,6 +200,10 @@ def run_variant(name: str, seed: int, snapshots: list[int], budget: Budget, work
     return rows
 
 
+def _mean_cell(values: list) -> str:
+    return "n/a" if any(v is None for v in values) else f"{np.mean(values):.2f}"
+
+
 def write_report(out: Path, rows: list[dict], base: dict, command: str) -> None:
     keys = ["identity", "composition_image", "composition_video", "motion_left", "drift_cosine"]
     groups: dict[tuple, list[dict]] = {}
@@ -201,16 +212,16 @@ def write_report(out: Path, rows: list[dict], base: dict, command: str) -> None:
     lines = [
         f"Command: `{command}`",
         "",
-        f"Base model, class word alone (the ceiling): composition image {base['composition_image']:.2f}, "
-        f"video {base['composition_video']:.2f}, moving left {base['motion_left']:.2f}, "
-        f"headphones {base['headphones_image']:.2f}.",
+        f"Base model, class word alone (the ceiling): composition image {_mean_cell([base['composition_image']])}, "
+        f"video {_mean_cell([base['composition_video']])}, moving left {_mean_cell([base['motion_left']])}, "
+        f"headphones {_mean_cell([base['headphones_image']])}.",
         "",
         "| variant | steps | seeds | " + " | ".join(keys) + " |",
         "|---|---|---|" + "---|" * len(keys),
     ]
     order = list(VARIANTS)
     for (variant, step), group in sorted(groups.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1])):
-        cells = [f"{np.mean([g[k] for g in group]):.2f}" for k in keys]
+        cells = [_mean_cell([g[k] for g in group]) for k in keys]
         lines.append(f"| {variant} | {step} | {len(group)} | " + " | ".join(cells) + " |")
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -226,9 +237,11 @@ def write_report(out: Path, rows: list[dict], base: dict, command: str) -> None:
         if not steps:
             continue
         for ax, key in zip(axes, ["identity", "composition_image", "composition_video"]):
+            if any(g[key] is None for s in steps for g in groups[(variant, s)]):
+                continue
             ax.plot(steps, [np.mean([g[key] for g in groups[(variant, s)]]) for s in steps], marker="o", label=variant)
     for ax, key in zip(axes, ["identity", "composition_image", "composition_video"]):
-        if key != "identity":
+        if key != "identity" and base[key] is not None:
             ax.axhline(base[key], color="black", linestyle="--", label="base, class word")
         ax.set_title(key.replace("_", " "))
         ax.set_xlabel("training steps")
