@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,12 +20,12 @@ def _network_errors() -> tuple[type[BaseException], ...]:
     from huggingface_hub.errors import HfHubHTTPError
 
     errors: tuple[type[BaseException], ...] = (OSError, HfHubHTTPError)
-    try:  # huggingface_hub >= 1.0 speaks httpx, whose errors are not OSErrors
-        import httpx
-
-        errors += (httpx.HTTPError,)
-    except ImportError:
-        pass
+    # huggingface_hub >= 1.0 speaks httpx (>= 2.0: httpx2), whose errors are not OSErrors.
+    for name in ("httpx", "httpx2"):
+        try:
+            errors += (importlib.import_module(name).HTTPError,)
+        except (ImportError, AttributeError):
+            pass
     return errors
 
 
