@@ -50,6 +50,7 @@ VARIANTS = {  # name -> TrainConfig overrides
     "spl10": {"spl_weight": 10.0},
     "spl100": {"spl_weight": 100.0},
     "prior": {"spl_weight": 0.0, "prior_weight": 1.0},
+    "prior+spl0.1": {"spl_weight": 0.1, "prior_weight": 1.0},
     "prior+spl1": {"spl_weight": 1.0, "prior_weight": 1.0},
     "rare-init": {"spl_weight": 0.0, "init_word": "sks"},
     "rare-init+spl1": {"spl_weight": 1.0, "init_word": "sks"},
@@ -98,17 +99,9 @@ def drift_cosine(pipe, token: str) -> float:
 
 
 def score_images(pipe, prompt: str, budget: Budget, seed: int) -> list:
-    images = pipe(
-        prompt,
-        num_images_per_prompt=budget.images,
-        num_inference_steps=budget.sample_steps,
-        guidance_scale=budget.guidance,
-        generator=torch.Generator().manual_seed(seed),
-        output_type="np",
-        height=64,
-        width=64,
-    ).images
-    return scorer.score_frames(np.asarray(images))
+    return scorer.sample_and_score(
+        pipe, prompt, budget.images, steps=budget.sample_steps, guidance=budget.guidance, seed=seed
+    )
 
 
 def score_videos(pipe, prompt: str, budget: Budget, seed: int) -> list:
@@ -154,6 +147,9 @@ def measure(subject: str, budget: Budget, seed: int, folder: Path | None = None)
         "motion_left": None,
         "still": None,
         "drift_cosine": drift_cosine(image, subject.split()[0]) if not is_base else 1.0,
+        "plain_accuracy": scorer.plain_accuracy(
+            image, budget.images, steps=budget.sample_steps, guidance=budget.guidance, seed=seed + 3
+        ),
     }
     if budget.clips:  # clips cost 16x an image each: --clips 0 keeps a CPU sweep to the image metrics
         clips = score_videos(video, f"a {subject} {HEADPHONES} moving left", budget, seed + 2)
@@ -201,20 +197,26 @@ def run_variant(name: str, seed: int, snapshots: list[int], budget: Budget, work
 
 
 def _mean_cell(values: list) -> str:
-    return "n/a" if any(v is None for v in values) else f"{np.mean(values):.2f}"
+    """Mean over the seeds that measured it (older rows lack newer metrics)."""
+    known = [v for v in values if v is not None]
+    return f"{np.mean(known):.2f}" if known else "n/a"
 
 
 def write_report(out: Path, rows: list[dict], base: dict, command: str) -> None:
-    keys = ["identity", "composition_image", "composition_video", "motion_left", "drift_cosine"]
+    keys = ["identity", "composition_image", "composition_video", "motion_left", "drift_cosine", "plain_kept"]
+    for r in rows:  # plain prompts' accuracy with the concept, as a share of the base model's
+        plain = r.get("plain_accuracy")
+        r["plain_kept"] = None if plain is None else plain / max(base["plain_accuracy"], 1e-9)
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["variant"], r["step"]), []).append(r)
     lines = [
-        f"Command: `{command}`",
+        f"Commands: `{command}`",
         "",
         f"Base model, class word alone (the ceiling): composition image {_mean_cell([base['composition_image']])}, "
         f"video {_mean_cell([base['composition_video']])}, moving left {_mean_cell([base['motion_left']])}, "
-        f"headphones {_mean_cell([base['headphones_image']])}.",
+        f"headphones {_mean_cell([base['headphones_image']])}; plain prompts' accuracy "
+        f"{_mean_cell([base['plain_accuracy']])}.",
         "",
         "| variant | steps | seeds | " + " | ".join(keys) + " |",
         "|---|---|---|" + "---|" * len(keys),
@@ -262,6 +264,7 @@ def main() -> None:
     parser.add_argument("--sample-steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=presets.SHAPES.guidance)
     parser.add_argument("--out", type=Path, default=Path("docs/ablation"))
+    parser.add_argument("--report-only", action="store_true", help="rewrite table and plot from results.jsonl")
     args = parser.parse_args()
     torch.set_grad_enabled(True)
     budget = Budget(args.images, args.clips, args.frames, args.sample_steps, args.guidance)
@@ -269,12 +272,19 @@ def main() -> None:
     results = args.out / "results.jsonl"
     rows = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
     base_file = args.out / "base.json"
-    if base_file.exists():
-        base = json.loads(base_file.read_text())
-    else:
-        base = measure("circle", budget, seed=1000)
+    base = json.loads(base_file.read_text()) if base_file.exists() else {}
+    if "plain_accuracy" not in base and not args.report_only:  # a new file, or one from before the plain-prompt metric
+        fresh = measure("circle", budget, seed=1000)
+        base = {**base, **{k: v for k, v in fresh.items() if v is not None or k not in base}}
         base_file.write_text(json.dumps(base, indent=1) + "\n")
-    command = "python benchmarks/ablate_spl.py " + " ".join(sys.argv[1:])
+    commands = args.out / "commands.txt"  # every run that added rows, in order
+    if not args.report_only:
+        with open(commands, "a") as f:
+            f.write("python benchmarks/ablate_spl.py " + " ".join(sys.argv[1:]) + "\n")
+    command = "`, then `".join(commands.read_text().splitlines()) if commands.exists() else "n/a"
+    if args.report_only:
+        write_report(args.out, rows, base, command)
+        return
     work = Path(tempfile.mkdtemp(prefix="cdvideo-ablation-"))
     for seed in args.seeds:
         for name in args.variants:

@@ -29,6 +29,9 @@ class Preset:
     lora_lr: float = 1e-4
     token_lr: float = 5e-4
     lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+    spl_weight: float = 1.0
+    prior_weight: float = 0.0  # > 0: prior preservation on images of the class word
+    num_class_images: int = 50
 
 
 SD15 = Preset(

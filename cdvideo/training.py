@@ -48,12 +48,12 @@ class TrainConfig:
     lora_lr: float | None = None
     token_lr: float | None = None
     batch_size: int | None = None
-    spl_weight: float = 1.0
+    spl_weight: float | None = None
     flip: bool = True
     seed: int = 0
-    prior_weight: float = 0.0  # > 0 enables prior preservation
+    prior_weight: float | None = None  # > 0 enables prior preservation
     class_images: str | None = None
-    num_class_images: int = 50
+    num_class_images: int | None = None
     checkpoint_every: int = 0
     keep_checkpoints: int = 2  # 0 = keep all (for `cdvideo eval --checkpoints`)
     validate_every: int = 0  # render a validation still every N steps (0 = never)
@@ -76,6 +76,9 @@ class TrainConfig:
             ("lora_lr", preset.lora_lr),
             ("token_lr", preset.token_lr),
             ("batch_size", preset.batch_size),
+            ("spl_weight", preset.spl_weight),
+            ("prior_weight", preset.prior_weight),
+            ("num_class_images", preset.num_class_images),
         ):
             if values[name] is None:
                 values[name] = default

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cdvideo  # noqa: E402
@@ -25,37 +24,6 @@ from cdvideo import concept as concepts  # noqa: E402
 from cdvideo import loading, presets  # noqa: E402
 from cdvideo.demo import write_subject_photos  # noqa: E402
 from cdvideo.shapes import scorer  # noqa: E402
-
-PLAIN = [
-    ("a red square wearing a hat", "square", "red", "wearing a hat"),
-    ("a green triangle", "triangle", "green", ""),
-    ("a blue star with a scarf", "star", "blue", "with a scarf"),
-    ("a yellow circle wearing headphones", "circle", "yellow", "wearing headphones"),
-]
-
-
-def sample(pipe, prompt: str, n: int, steps: int, guidance: float, seed: int) -> list:
-    images = pipe(
-        prompt,
-        num_images_per_prompt=n,
-        num_inference_steps=steps,
-        guidance_scale=guidance,
-        generator=torch.Generator().manual_seed(seed),
-        output_type="np",
-        height=64,
-        width=64,
-    ).images
-    return scorer.score_frames(np.asarray(images))
-
-
-def plain_accuracy(pipe, n, steps, guidance, seed) -> float:
-    hits = []
-    for prompt, cls, colour, accessory in PLAIN:
-        hits += [
-            s.cls == cls and s.colour == colour and s.accessory == accessory
-            for s in sample(pipe, prompt, n, steps, guidance, seed)
-        ]
-    return float(np.mean(hits))
 
 
 def main() -> None:
@@ -91,11 +59,12 @@ def main() -> None:
     pipe = loading.load_image_pipeline("shapes")
     pipe.set_progress_bar_config(disable=True)
     n, st, g, seed = args.samples, args.sample_steps, args.guidance, args.seed + 100
-    base_plain = plain_accuracy(pipe, n, st, g, seed)
+    base_plain = scorer.plain_accuracy(pipe, n, steps=st, guidance=g, seed=seed)
     concepts.apply_concept(pipe, folder, concept)
-    subject = sample(pipe, f"a {concept.token} circle", n, st, g, seed)
-    composed = sample(pipe, f"a {concept.token} circle wearing headphones", n, st, g, seed)
-    tuned_plain = plain_accuracy(pipe, n, st, g, seed)
+    draw = {"steps": st, "guidance": g, "seed": seed}
+    subject = scorer.sample_and_score(pipe, f"a {concept.token} circle", n, **draw)
+    composed = scorer.sample_and_score(pipe, f"a {concept.token} circle wearing headphones", n, **draw)
+    tuned_plain = scorer.plain_accuracy(pipe, n, steps=st, guidance=g, seed=seed)
     result = {
         "train_steps": concept.steps,
         "spl_weight": args.spl_weight,

@@ -114,6 +114,12 @@ def cli_train_args(base: Path, photos: Path, out: Path, *extra: str, steps: int 
             "--steps", str(steps), "--resolution", "64", *extra]  # fmt: skip
 
 
+def cli_animate_args(base: Path, adapter: Path, out: Path, *extra: str, frames: int = 2) -> list[str]:
+    """`cdvideo animate` arguments for a quick render of "a dog" without a concept on the tiny models."""
+    return ["animate", "a dog", "--no-concept", "--base", str(base), "--motion-adapter", str(adapter),
+            "--frames", str(frames), "--width", "64", "--height", "64", "--output", str(out), *extra]  # fmt: skip
+
+
 def write_dog_photos(folder: Path, size: int = 80, count: int = 5) -> Path:
     """A few 'photos' of one subject: an orange blob with a dark ear at varied places."""
     folder.mkdir(parents=True, exist_ok=True)

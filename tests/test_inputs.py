@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import cli_animate_args
 from original_layouts import animatediff_motion_module, ldm_checkpoint
 from safetensors.torch import save_file
 
@@ -79,8 +80,7 @@ def test_single_file_checkpoint_loads_offline_with_the_weights_it_holds(communit
 
 def test_animate_on_a_single_file_checkpoint(community_checkpoint, tiny_adapter, tmp_path):
     file, config = community_checkpoint
-    args = ["animate", "a dog", "--no-concept", "--base", str(file), "--base-config", str(config),
-            "--motion-adapter", str(tiny_adapter), "--output", str(tmp_path), *QUICK]  # fmt: skip
+    args = cli_animate_args(file, tiny_adapter, tmp_path, "--base-config", str(config), "--steps", "2")
     assert cli_main(args) == 0
     (settings,) = tmp_path.glob("*.json")
     assert json.loads(settings.read_text())["base"] == str(file)
@@ -148,8 +148,7 @@ def test_animate_with_an_original_motion_module_file(tiny_base, tiny_adapter, tm
     from_file = render(tmp_path, "file", tiny_base, file, motion_adapter_config=str(tiny_adapter))
     np.testing.assert_allclose(from_file, from_folder, atol=1e-5)
     # Without --motion-adapter-config the file is read as SD1.5's architecture, which it is not.
-    args = ["animate", "a dog", "--no-concept", "--base", str(tiny_base), "--motion-adapter", str(file),
-            "--output", str(tmp_path / "o"), *QUICK]  # fmt: skip
+    args = cli_animate_args(tiny_base, file, tmp_path / "o", "--steps", "2")
     assert cli_main(args) == 2
     err = capsys.readouterr().err
     assert "could not load motion adapter" in err and "--motion-adapter-config" in err
@@ -236,9 +235,7 @@ def test_motion_lora_stacks_with_the_concept(concept, motion_lora, tiny_base, li
 
 
 def test_lightning_sampler_preset_is_used_and_recorded(tiny_base, tiny_adapter, tmp_path):
-    args = ["animate", "a dog", "--no-concept", "--base", str(tiny_base), "--motion-adapter", str(tiny_adapter),
-            "--sampler", "lightning", "--frames", "2", "--width", "64", "--height", "64",
-            "--output", str(tmp_path)]  # fmt: skip
+    args = cli_animate_args(tiny_base, tiny_adapter, tmp_path, "--sampler", "lightning")
     assert cli_main(args) == 0
     settings = json.loads(next(tmp_path.glob("*.json")).read_text())
     assert settings["sampler"] == "lightning" and settings["steps"] == 4 and settings["guidance"] == 1.0

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import cli_animate_args
 
 import cdvideo
 from cdvideo.cli import main as cli_main
@@ -77,9 +78,7 @@ def test_forward_chunking_is_really_on(tiny_base, tiny_adapter, tmp_path, monkey
 
 
 def test_forward_chunk_that_does_not_divide_the_batch_is_one_clear_line(tiny_base, tiny_adapter, tmp_path, capsys):
-    args = ["animate", "a dog", "--no-concept", "--base", str(tiny_base), "--motion-adapter", str(tiny_adapter),
-            "--frames", "8", "--width", "64", "--height", "64", "--steps", "1", "--output", str(tmp_path),
-            "--forward-chunk", "3"]  # fmt: skip
+    args = cli_animate_args(tiny_base, tiny_adapter, tmp_path, "--steps", "1", "--forward-chunk", "3", frames=8)
     assert cli_main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--forward-chunk 3 must divide 16" in err[0], err

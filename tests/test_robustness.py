@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import cli_train_args
+from conftest import cli_animate_args, cli_train_args
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
@@ -79,8 +79,7 @@ def test_full_disk_during_train_keeps_the_previous_concept(what, tiny_base, dog_
 
 def test_full_disk_during_animate_keeps_the_previous_video(tiny_base, tiny_adapter, tmp_path):
     out = tmp_path / "v"
-    args = ["animate", "a dog", "--no-concept", "--base", str(tiny_base), "--motion-adapter", str(tiny_adapter),
-            "--frames", "8", "--width", "64", "--height", "64", "--seed", "1", "--output", str(out)]  # fmt: skip
+    args = cli_animate_args(tiny_base, tiny_adapter, out, "--seed", "1", frames=8)
     assert cli_main([*args, "--steps", "1"]) == 0
     before = snapshot(out)
     limit = (out / "a-dog-1.mp4").stat().st_size // 2

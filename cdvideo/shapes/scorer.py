@@ -413,3 +413,37 @@ def accuracy_table(
         raise ValueError(f"{len(scores)} scores but {len(expected)} expectations")
     keys = [k for k in expected[0] if all(hasattr(s, k) for s in scores)] if expected else []
     return {k: sum(getattr(s, k) == e[k] for s, e in zip(scores, expected)) / len(scores) for k in keys}
+
+
+def sample_and_score(pipe, prompt: str, n: int, *, steps: int, guidance: float, seed: int) -> list[FrameScore]:
+    """Draw `n` 64-px images of `prompt` from a Shapes image pipeline and score each one."""
+    images = pipe(
+        prompt,
+        num_images_per_prompt=n,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="np",
+        height=64,
+        width=64,
+    ).images
+    return score_frames(np.asarray(images))
+
+
+# Prompts without the concept's token, with their expected (class, colour, accessory): a concept
+# must leave these as the base model draws them.
+PLAIN_PROMPTS = [
+    ("a red square wearing a hat", "square", "red", "wearing a hat"),
+    ("a green triangle", "triangle", "green", ""),
+    ("a blue star with a scarf", "star", "blue", "with a scarf"),
+    ("a yellow circle wearing headphones", "circle", "yellow", "wearing headphones"),
+]
+
+
+def plain_accuracy(pipe, n: int, *, steps: int, guidance: float, seed: int) -> float:
+    """Share of `n` samples per plain prompt with class, colour and accessory all right."""
+    hits = []
+    for prompt, cls, colour, accessory in PLAIN_PROMPTS:
+        scores = sample_and_score(pipe, prompt, n, steps=steps, guidance=guidance, seed=seed)
+        hits += [s.cls == cls and s.colour == colour and s.accessory == accessory for s in scores]
+    return float(np.mean(hits))
