@@ -43,15 +43,20 @@ from cdvideo.demo import write_subject_photos  # noqa: E402
 from cdvideo.loss import concept_class_cosine, eos_features  # noqa: E402
 from cdvideo.shapes import scorer  # noqa: E402
 
-VARIANTS = {  # name -> TrainConfig overrides
+CLASS_PRIOR = {"prior_weight": 1.0, "class_prompts": ["a photo of a circle"]}  # DreamBooth's prior
+# The Shapes preset's prior: other classes and colours too.
+BANK_PRIOR = {"prior_weight": 1.0, "class_prompts": None, "num_class_images": 32}
+VARIANTS = {  # name -> TrainConfig overrides (prior preservation off unless named)
     "spl0": {"spl_weight": 0.0},
     "spl0.1": {"spl_weight": 0.1},
     "spl1": {"spl_weight": 1.0},
     "spl10": {"spl_weight": 10.0},
     "spl100": {"spl_weight": 100.0},
-    "prior": {"spl_weight": 0.0, "prior_weight": 1.0},
-    "prior+spl0.1": {"spl_weight": 0.1, "prior_weight": 1.0},
-    "prior+spl1": {"spl_weight": 1.0, "prior_weight": 1.0},
+    "prior": {"spl_weight": 0.0, **CLASS_PRIOR},
+    "prior+spl0.1": {"spl_weight": 0.1, **CLASS_PRIOR},
+    "prior+spl1": {"spl_weight": 1.0, **CLASS_PRIOR},
+    "bank-prior": {"spl_weight": 0.0, **BANK_PRIOR},
+    "bank-prior+spl1": {"spl_weight": 1.0, **BANK_PRIOR},
     "rare-init": {"spl_weight": 0.0, "init_word": "sks"},
     "rare-init+spl1": {"spl_weight": 1.0, "init_word": "sks"},
 }
@@ -175,8 +180,7 @@ def run_variant(name: str, seed: int, snapshots: list[int], budget: Budget, work
             output=str(work / f"{name}-s{seed}"),
             steps=max(snapshots),
             seed=seed,
-            num_class_images=20,
-            **VARIANTS[name],
+            **{"prior_weight": 0.0, "num_class_images": 20, **VARIANTS[name]},
         ),
         say=lambda s: None,
         progress=False,

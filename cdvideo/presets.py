@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from cdvideo.shapes import world
+
 SD15_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SD15_MOTION_ADAPTER = "guoyww/animatediff-motion-adapter-v1-5-2"
 
@@ -32,6 +34,8 @@ class Preset:
     spl_weight: float = 1.0
     prior_weight: float = 0.0  # > 0: prior preservation on images of the class word
     num_class_images: int = 50
+    # Prompts the prior images are drawn from; "{class_word}" is filled in.
+    prior_prompts: tuple[str, ...] = ("a photo of a {class_word}",)
 
 
 SD15 = Preset(
@@ -74,6 +78,9 @@ SHAPES = Preset(
     lora_lr=1e-3,
     token_lr=5e-3,
     lora_targets=("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "conv1", "conv2"),
+    prior_weight=1.0,
+    num_class_images=32,
+    prior_prompts=world.prior_prompts(),
 )
 
 

@@ -52,8 +52,9 @@ class TrainConfig:
     flip: bool = True
     seed: int = 0
     prior_weight: float | None = None  # > 0 enables prior preservation
-    class_images: str | None = None
+    class_images: str | None = None  # a `name.txt` beside `name.png` is that image's prompt (kohya style)
     num_class_images: int | None = None
+    class_prompts: list[str] | None = None  # prompts for generated prior images (default: the preset's)
     checkpoint_every: int = 0
     keep_checkpoints: int = 2  # 0 = keep all (for `cdvideo eval --checkpoints`)
     validate_every: int = 0  # render a validation still every N steps (0 = never)
@@ -82,6 +83,8 @@ class TrainConfig:
         ):
             if values[name] is None:
                 values[name] = default
+        if values["class_prompts"] is None:
+            values["class_prompts"] = [p.format(class_word=self.class_word) for p in preset.prior_prompts]
         if values["alpha"] is None:
             values["alpha"] = float(values["rank"])
         return TrainConfig(**values)
@@ -138,32 +141,41 @@ CLASS_IMAGE_BATCH = 4  # a few images per pipeline call; a killed run keeps ever
 
 
 def _generate_class_images(
-    pipe, class_word: str, count: int, resolution: int, steps: int, folder: Path, seed: int, say
+    pipe, prompts: list[str], count: int, resolution: int, steps: int, folder: Path, seed: int, say
 ) -> None:
-    """Prior-preservation images from the base model itself, as DreamBooth does."""
-    from cdvideo.atomic import atomic_path
+    """Prior-preservation images from the base model itself, as DreamBooth does; image i is drawn
+    from prompts[i % len(prompts)], which is written beside it as `class-i.txt`."""
+    from cdvideo.atomic import atomic_path, write_text_atomic
 
     folder.mkdir(parents=True, exist_ok=True)
     have = len(list(folder.glob("*.png")))
     if have >= count:
         return
-    say(f"generating {count - have} class images of '{class_word}' into {folder}")
+    what = f"'{prompts[0]}'" if len(prompts) == 1 else f"{len(prompts)} prompts"
+    say(f"generating {count - have} class images of {what} into {folder}")
     pipe.set_progress_bar_config(disable=True)
     generator = torch.Generator(pipe.device).manual_seed(seed + have)
     with tqdm(total=count - have, desc="class images", leave=False) as bar:
         for start in range(have, count, CLASS_IMAGE_BATCH):
+            batch = [prompts[i % len(prompts)] for i in range(start, min(start + CLASS_IMAGE_BATCH, count))]
             images = pipe(
-                f"a photo of a {class_word}",
-                height=resolution,
-                width=resolution,
-                num_inference_steps=steps,
-                num_images_per_prompt=min(CLASS_IMAGE_BATCH, count - start),
-                generator=generator,
+                batch, height=resolution, width=resolution, num_inference_steps=steps, generator=generator
             ).images
-            for i, image in enumerate(images, start):
+            for i, (image, prompt) in enumerate(zip(images, batch, strict=True), start):
+                write_text_atomic(folder / f"class-{i:04d}.txt", prompt + "\n")  # before the image it captions
                 with atomic_path(folder / f"class-{i:04d}.png") as tmp:
                     image.save(tmp)
             bar.update(len(images))
+
+
+def _class_prompts(paths: list[Path], default: str) -> list[str]:
+    """Each class image's prompt: its `.txt` sidecar when there is one, else the class phrase."""
+    prompts = []
+    for path in paths:
+        caption = path.with_suffix(".txt")
+        text = caption.read_text(encoding="utf-8", errors="replace").strip() if caption.is_file() else ""
+        prompts.append(text or default)
+    return prompts
 
 
 def make_trainable(cfg: TrainConfig, unet, text_encoder, vae, token_id: int):
@@ -214,7 +226,7 @@ def _batch_loss(cfg, batch, unet, text_encoder, noise_scheduler, generator, scal
             class_mean[picks_c].shape, generator=generator, device=device
         )
         latents = torch.cat([latents, prior * scaling_factor])
-        hidden = torch.cat([hidden, batch["class_hidden"].expand(cfg.batch_size, -1, -1)])
+        hidden = torch.cat([hidden, batch["class_hidden"][batch["class_caption"][picks_c]]])
     noise = torch.randn(latents.shape, generator=generator, device=device)
     timesteps = torch.randint(
         0, noise_scheduler.config.num_train_timesteps, (len(latents),), generator=generator, device=device
@@ -347,7 +359,7 @@ def train(
         if not cfg.class_images and main:
             _generate_class_images(
                 pipe,
-                cfg.class_word,
+                cfg.class_prompts,
                 cfg.num_class_images,
                 cfg.resolution,
                 presets.preset_for(cfg.base).steps,
@@ -358,6 +370,7 @@ def train(
         accelerator.wait_for_everyone()
         class_set = data.load_photos([class_dir], cfg.resolution, max_photos=10_000)
         class_pixels = data.photos_to_tensor(class_set.images, flip=False)
+        class_captions = _class_prompts(class_set.paths, f"a photo of a {cfg.class_word}")
 
     token_id, notes = add_token(tokenizer, text_encoder, cfg.token, cfg.init_word or cfg.class_word)
     for note in notes:
@@ -378,8 +391,11 @@ def train(
             "concept_ids": concept_ids,
             "eos_id": eos_id,
             "class_features": class_features,
-            "class_hidden": text_encoder(class_ids)[0],
         }
+        if class_pixels is not None:
+            unique = sorted(set(class_captions))
+            batch["class_hidden"] = text_encoder(_tokenize(tokenizer, unique, device))[0]
+            batch["class_caption"] = torch.tensor([unique.index(c) for c in class_captions], device=device)
 
     state = checkpoints.TrainState(step=0)
     if cfg.resume:

@@ -14,6 +14,7 @@ import torch
 
 import cdvideo
 from cdvideo import concept as concepts
+from cdvideo import presets
 from cdvideo.cli import main as cli_main
 from cdvideo.export import read_video, video_info
 from cdvideo.loss import eos_features, eos_positions
@@ -364,6 +365,37 @@ def test_prior_preservation_with_generated_class_images_and_spl(tiny_base, dog_p
     rows = metrics(folder)
     assert all(r["prior"] > 0 for r in rows) and all(r["spl"] >= 0 for r in rows)
     assert concepts.load_concept(folder).prior_weight == 1.0
+
+
+def test_prior_images_drawn_from_several_prompts_keep_their_captions(tiny_base, dog_photos, tmp_path):
+    prompts = ["a photo of a dog", "a photo of a cat on the beach"]
+    folder = train_tiny(
+        tiny_base, dog_photos, tmp_path / "bank", prior_weight=1.0, num_class_images=3, class_prompts=prompts, steps=2
+    )
+    captions = sorted((folder / "class-images").glob("*.txt"))
+    assert [c.read_text().strip() for c in captions] == [prompts[0], prompts[1], prompts[0]]
+    assert len(list((folder / "class-images").glob("*.png"))) == 3
+
+
+def test_class_image_captions_follow_kohya_sidecars(tmp_path):
+    from cdvideo.training import _class_prompts
+
+    (tmp_path / "a.txt").write_text("a photo of a cat on the beach\n")
+    (tmp_path / "c.txt").write_text("   \n")  # an empty caption is no caption
+    paths = [tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.png"]
+    assert _class_prompts(paths, "a photo of a dog") == [
+        "a photo of a cat on the beach",
+        "a photo of a dog",
+        "a photo of a dog",
+    ]
+
+
+def test_shapes_preset_prior_bank_covers_every_class_and_colour_but_no_held_out_combination():
+    from cdvideo.shapes import world
+
+    bank = [p for p in presets.SHAPES.prior_prompts if "{class_word}" not in p]
+    assert {(c, k) for c in world.CLASSES for k in world.COLOURS} == {(p.split()[5], p.split()[4]) for p in bank}
+    assert not any(f"{k} {c} {a}" in p for c, k, a in world.HELD_OUT for p in bank)
 
 
 def test_prompt_file_renders_every_prompt_and_seed(concept_dir, tiny_adapter, tmp_path, capsys):

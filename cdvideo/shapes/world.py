@@ -327,3 +327,16 @@ def random_captions(
             )
         )
     return out
+
+
+def prior_prompts() -> tuple[str, ...]:
+    """Prompts for the Shapes preset's prior images: the class phrase, interleaved with one seen
+    caption per (class, colour), so the prior guards the other classes and colours too, not only
+    the subject's class. Accessories cycle; held-out combinations stay out."""
+    held = set(HELD_OUT)
+    accessories = [a for a in ACCESSORIES if a]
+    prompts = []
+    for i, (cls, colour) in enumerate((c, k) for c in CLASSES for k in COLOURS):
+        accessory = next(a for j in range(3) if (cls, colour, a := accessories[(i + j) % 3]) not in held)
+        prompts += ["a photo of a {class_word}", f"a photo of a {colour} {cls} {accessory}"]
+    return tuple(prompts)
