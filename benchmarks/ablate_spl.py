@@ -41,11 +41,17 @@ from cdvideo import concept as concepts  # noqa: E402
 from cdvideo import loading, presets  # noqa: E402
 from cdvideo.demo import write_subject_photos  # noqa: E402
 from cdvideo.loss import concept_class_cosine, eos_features  # noqa: E402
-from cdvideo.shapes import scorer  # noqa: E402
+from cdvideo.shapes import scorer, world  # noqa: E402
 
 CLASS_PRIOR = {"prior_weight": 1.0, "class_prompts": ["a photo of a circle"]}  # DreamBooth's prior
-# The Shapes preset's prior: other classes and colours too.
-BANK_PRIOR = {"prior_weight": 1.0, "class_prompts": None, "num_class_images": 32}
+# A bank of seen captions: the class phrase interleaved with every (class, colour), circles included.
+BANK_PRIOR = {
+    "prior_weight": 1.0,
+    "class_prompts": [p.format(class_word="circle") for p in world.prior_prompts()],
+    "num_class_images": 32,
+}
+# The Shapes preset's prior: that bank without the subject's own class (class phrase only for it).
+OTHERS_PRIOR = {"prior_weight": 1.0, "class_prompts": None, "num_class_images": 32}
 VARIANTS = {  # name -> TrainConfig overrides (prior preservation off unless named)
     "spl0": {"spl_weight": 0.0},
     "spl0.1": {"spl_weight": 0.1},
@@ -57,6 +63,8 @@ VARIANTS = {  # name -> TrainConfig overrides (prior preservation off unless nam
     "prior+spl1": {"spl_weight": 1.0, **CLASS_PRIOR},
     "bank-prior": {"spl_weight": 0.0, **BANK_PRIOR},
     "bank-prior+spl1": {"spl_weight": 1.0, **BANK_PRIOR},
+    "others-prior": {"spl_weight": 0.0, **OTHERS_PRIOR},
+    "others-prior+spl1": {"spl_weight": 1.0, **OTHERS_PRIOR},
     "rare-init": {"spl_weight": 0.0, "init_word": "sks"},
     "rare-init+spl1": {"spl_weight": 1.0, "init_word": "sks"},
 }

@@ -78,6 +78,9 @@ SHAPES = Preset(
     lora_lr=1e-3,
     token_lr=5e-3,
     lora_targets=("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "conv1", "conv2"),
+    # Measured on this world (docs/ablation/): prior preservation on a bank of seen captions keeps
+    # the subject and the plain prompts; SPL on top of it lost both, so it is off here.
+    spl_weight=0.0,
     prior_weight=1.0,
     num_class_images=32,
     prior_prompts=world.prior_prompts(),

@@ -84,7 +84,14 @@ class TrainConfig:
             if values[name] is None:
                 values[name] = default
         if values["class_prompts"] is None:
-            values["class_prompts"] = [p.format(class_word=self.class_word) for p in preset.prior_prompts]
+            # A preset's bank guards the other classes; the subject's own class is guarded by the
+            # class phrase alone, as in DreamBooth: captions of it with accessories taught the
+            # prior to strip the subject from every accessory prompt (docs/ablation/).
+            values["class_prompts"] = [
+                p.format(class_word=self.class_word)
+                for p in preset.prior_prompts
+                if "{class_word}" in p or self.class_word not in p.split()
+            ]
         if values["alpha"] is None:
             values["alpha"] = float(values["rank"])
         return TrainConfig(**values)

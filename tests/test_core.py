@@ -396,6 +396,10 @@ def test_shapes_preset_prior_bank_covers_every_class_and_colour_but_no_held_out_
     bank = [p for p in presets.SHAPES.prior_prompts if "{class_word}" not in p]
     assert {(c, k) for c in world.CLASSES for k in world.COLOURS} == {(p.split()[5], p.split()[4]) for p in bank}
     assert not any(f"{k} {c} {a}" in p for c, k, a in world.HELD_OUT for p in bank)
+    # Trained as a circle: the other classes are guarded, circles by the class phrase alone.
+    resolved = cdvideo.TrainConfig(images=[], class_word="circle", base="shapes").resolved().class_prompts
+    assert "a photo of a circle" in resolved and not any("circle" in p for p in set(resolved) - {"a photo of a circle"})
+    assert {p.split()[5] for p in set(resolved) - {"a photo of a circle"}} == {"square", "triangle", "star"}
 
 
 def test_prompt_file_renders_every_prompt_and_seed(concept_dir, tiny_adapter, tmp_path, capsys):
