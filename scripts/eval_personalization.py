@@ -1,6 +1,6 @@
 """Personalization on the Shapes world: is the subject learned, and is the base model intact?
 
-    python scripts/eval_personalization.py --samples 32 --steps 300 --spl-weight 1.0
+    python scripts/eval_personalization.py --samples 64 --seed 0
 
 Trains a concept on 5 subject photos with the shapes defaults of `cdvideo train`, then samples
 "a <tok> circle" (subject pattern present?), "a <tok> circle wearing headphones" (composition),
@@ -30,7 +30,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: shapes preset)")
-    parser.add_argument("--spl-weight", type=float, default=1.0)
+    parser.add_argument("--spl-weight", type=float, default=None, help="default: shapes preset")
     parser.add_argument("--sample-steps", type=int, default=presets.SHAPES.steps)
     parser.add_argument("--guidance", type=float, default=presets.SHAPES.guidance)
     parser.add_argument("--seed", type=int, default=0)
@@ -67,7 +67,8 @@ def main() -> None:
     tuned_plain = scorer.plain_accuracy(pipe, n, steps=st, guidance=g, seed=seed)
     result = {
         "train_steps": concept.steps,
-        "spl_weight": args.spl_weight,
+        "spl_weight": concept.spl_weight,
+        "prior_weight": concept.prior_weight,
         "train_seconds": round(train_seconds, 1),
         "drift_cosine": concept.drift,
         "subject_pattern": float(np.mean([s.pattern for s in subject])),
