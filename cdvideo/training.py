@@ -90,7 +90,7 @@ class TrainConfig:
             values["class_prompts"] = [
                 p.format(class_word=self.class_word)
                 for p in preset.prior_prompts
-                if "{class_word}" in p or self.class_word not in p.split()
+                if "{class_word}" in p or f" {self.class_word} " not in f" {p} "
             ]
         if values["alpha"] is None:
             values["alpha"] = float(values["rank"])
@@ -106,6 +106,8 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError("--rank, --batch-size and --gradient-accumulation must be positive")
     if cfg.checkpoint_every < 0 or cfg.keep_checkpoints < 0 or cfg.validate_every < 0:
         raise UserError("--checkpoint-every, --keep-checkpoints and --validate-every must be >= 0")
+    if cfg.prior_weight > 0 and not cfg.class_images and not cfg.class_prompts:
+        raise UserError("--class-prompt needs a prompt; give one, or drop it for 'a photo of a CLASS'")
     if cfg.spl_weight < 0 or cfg.prior_weight < 0:
         raise UserError("--spl-weight and --prior-weight must be >= 0")
     if not cfg.class_word.strip():
