@@ -52,6 +52,7 @@ BANK_PRIOR = {
 }
 # The Shapes preset's prior: that bank without the subject's own class (class phrase only for it).
 OTHERS_PRIOR = {"prior_weight": 1.0, "class_prompts": None, "num_class_images": 32}
+KV_ONLY = {"lora_targets": ["attn2.to_k", "attn2.to_v"]}
 VARIANTS = {  # name -> TrainConfig overrides (prior preservation off unless named)
     "spl0": {"spl_weight": 0.0},
     "spl0.1": {"spl_weight": 0.1},
@@ -67,6 +68,10 @@ VARIANTS = {  # name -> TrainConfig overrides (prior preservation off unless nam
     "others-prior+spl1": {"spl_weight": 1.0, **OTHERS_PRIOR},
     "rare-init": {"spl_weight": 0.0, "init_word": "sks"},
     "rare-init+spl1": {"spl_weight": 1.0, "init_word": "sks"},
+    # ClassDiffusion's own recipe (Custom Diffusion's): only cross-attention K/V adapt, no prior.
+    "kv": {"spl_weight": 0.0, **KV_ONLY},
+    "kv+spl1": {"spl_weight": 1.0, **KV_ONLY},
+    "kv+spl10": {"spl_weight": 10.0, **KV_ONLY},
 }
 HEADPHONES = "wearing headphones"
 

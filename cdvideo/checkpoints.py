@@ -101,6 +101,12 @@ def resume(out: Path, which: str, unet, embeddings: torch.nn.Parameter, token_id
         path, lambda: torch.load(path / "state.pt", weights_only=True), "resume from another one or start fresh"
     )
     lora, token_row = weights(path)
+    expected = {k: v.shape for k, v in get_peft_model_state_dict(unet).items()}
+    if {k: v.shape for k, v in lora.items()} != expected:
+        raise UserError(
+            f"checkpoint {path} holds a LoRA of another shape (--rank or --lora-targets differ): "
+            "resume with the settings it was trained with, or start fresh in a new --output"
+        )
     set_peft_model_state_dict(unet, lora)
     with torch.no_grad():
         embeddings[token_id] = token_row.to(embeddings.device)

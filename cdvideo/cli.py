@@ -29,6 +29,13 @@ def _train_parser(sub) -> None:
     p.add_argument("--resolution", type=int)
     p.add_argument("--rank", type=int)
     p.add_argument("--alpha", type=float, help="LoRA alpha (default: rank)")
+    p.add_argument(
+        "--lora-targets",
+        nargs="+",
+        metavar="MODULE",
+        help="UNet modules the LoRA adapts, by name suffix (default: preset's; e.g. attn2.to_k attn2.to_v "
+        "for cross-attention K/V only, as Custom Diffusion and ClassDiffusion train)",
+    )
     p.add_argument("--lora-lr", type=float)
     p.add_argument("--token-lr", type=float)
     p.add_argument("--batch-size", type=int)

@@ -45,6 +45,7 @@ class TrainConfig:
     resolution: int | None = None
     rank: int | None = None
     alpha: float | None = None
+    lora_targets: list[str] | None = None  # UNet module names the LoRA adapts (default: the preset's)
     lora_lr: float | None = None
     token_lr: float | None = None
     batch_size: int | None = None
@@ -94,6 +95,8 @@ class TrainConfig:
             ]
         if values["alpha"] is None:
             values["alpha"] = float(values["rank"])
+        if values["lora_targets"] is None:
+            values["lora_targets"] = list(preset.lora_targets)
         return TrainConfig(**values)
 
 
@@ -106,6 +109,8 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError("--rank, --batch-size and --gradient-accumulation must be positive")
     if cfg.checkpoint_every < 0 or cfg.keep_checkpoints < 0 or cfg.validate_every < 0:
         raise UserError("--checkpoint-every, --keep-checkpoints and --validate-every must be >= 0")
+    if not cfg.lora_targets:
+        raise UserError("--lora-targets needs at least one module name, e.g. attn2.to_k attn2.to_v")
     if cfg.prior_weight > 0 and not cfg.class_images and not cfg.class_prompts:
         raise UserError("--class-prompt needs a prompt; give one, or drop it for 'a photo of a CLASS'")
     if cfg.spl_weight < 0 or cfg.prior_weight < 0:
@@ -191,14 +196,20 @@ def make_trainable(cfg: TrainConfig, unet, text_encoder, vae, token_id: int):
     """Freeze everything but a UNet LoRA and one embedding row; returns (embeddings, optimizer)."""
     for module in (vae, text_encoder, unet):
         module.requires_grad_(False)
-    unet.add_adapter(
-        LoraConfig(
-            r=cfg.rank,
-            lora_alpha=cfg.alpha,
-            init_lora_weights="gaussian",
-            target_modules=list(presets.preset_for(cfg.base).lora_targets),
+    try:
+        unet.add_adapter(
+            LoraConfig(
+                r=cfg.rank,
+                lora_alpha=cfg.alpha,
+                init_lora_weights="gaussian",
+                target_modules=list(cfg.lora_targets),
+            )
         )
-    )
+    except ValueError as error:  # peft: "Target modules {...} not found in the base model"
+        raise UserError(
+            f"--lora-targets {' '.join(cfg.lora_targets)} matches no UNet module ({error}); "
+            "use names such as to_k, attn2.to_v, conv1"
+        ) from None
     lora_params = [p for p in unet.parameters() if p.requires_grad]
     embeddings = text_encoder.get_input_embeddings().weight
     embeddings.requires_grad_(True)
@@ -262,7 +273,7 @@ def concept_record(cfg: TrainConfig, steps: int, drift: float | None, metrics: d
         spl_weight=cfg.spl_weight,
         steps=steps,
         seed=cfg.seed,
-        lora_targets=list(presets.preset_for(cfg.base).lora_targets),
+        lora_targets=list(cfg.lora_targets),
         drift=drift,
         prior_weight=cfg.prior_weight,
         metrics=metrics,

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import cli_animate_args, cli_train_args
+from safetensors.torch import load_file
 
 import cdvideo
 from cdvideo import concept as concepts
@@ -107,6 +109,22 @@ def test_gradients_reach_only_lora_and_the_token_row(tiny_base, dog_photos, tmp_
         after_backward=check,
     )
     assert len(seen) == 2
+
+
+def test_lora_targets_limit_the_lora_to_cross_attention_kv(tiny_base, tiny_adapter, dog_photos, tmp_path, capsys):
+    out = tmp_path / "kv"
+    assert cli_main(cli_train_args(tiny_base, dog_photos, out, "--lora-targets", "attn2.to_k", "attn2.to_v")) == 0
+    assert concepts.load_concept(out).lora_targets == ["attn2.to_k", "attn2.to_v"]
+    keys = list(load_file(out / concepts.LORA_FILE))
+    assert keys and all(".attn2.to_k." in k or ".attn2.to_v." in k for k in keys)
+    video = cli_animate_args(tiny_base, tiny_adapter, tmp_path / "video", "--steps", "2")
+    video[video.index("--no-concept")] = f"--concept={out}"
+    assert cli_main(video) == 0 and list((tmp_path / "video").glob("*.mp4"))
+
+    capsys.readouterr()
+    assert cli_main(cli_train_args(tiny_base, dog_photos, tmp_path / "bad", "--lora-targets", "to_nothing")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--lora-targets to_nothing matches no UNet module" in err and "\n" not in err and "Traceback" not in err
 
 
 def test_spl_keeps_the_concept_near_its_class_and_plain_training_drifts(tiny_base, dog_photos, tmp_path):

@@ -53,6 +53,15 @@ def test_missing_named_checkpoint_is_an_error_not_a_fresh_start(tiny_base, dog_p
     assert "checkpoint" in capsys.readouterr().err and not (tmp_path / "c" / "cdvideo.json").exists()
 
 
+def test_resuming_with_other_lora_targets_is_one_clear_line(tiny_base, dog_photos, tmp_path, capsys):
+    out = tmp_path / "c"
+    assert cli_main(cli_train_args(tiny_base, dog_photos, out, "--checkpoint-every", "1", steps=2)) == 0
+    capsys.readouterr()
+    code = cli_main(cli_train_args(tiny_base, dog_photos, out, "--resume", "latest", "--lora-targets", "to_k", steps=3))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "LoRA of another shape" in err and "\n" not in err and "Traceback" not in err
+
+
 def _interrupt(*args, **kwargs):
     raise KeyboardInterrupt
 
