@@ -74,6 +74,7 @@ VARIANTS = {  # name -> TrainConfig overrides (prior preservation off unless nam
     "kv+spl10": {"spl_weight": 10.0, **KV_ONLY},
 }
 HEADPHONES = "wearing headphones"
+IDENTITY_BAR = 0.75  # identity level at which variants' composition is compared
 
 
 @dataclasses.dataclass
@@ -219,6 +220,29 @@ def _mean_cell(values: list) -> str:
     return f"{np.mean(known):.2f}" if known else "n/a"
 
 
+def equal_identity_table(groups: dict[tuple, list[dict]], order: list[str], bar: float = IDENTITY_BAR) -> list[str]:
+    """Each variant at the first snapshot whose mean identity reaches `bar`: composition at equal identity."""
+    lines = [
+        f"At equal identity: each variant at its first snapshot with identity >= {bar:.2f} "
+        "(variants that never reach it are left out).",
+        "",
+        "| variant | steps | identity | composition_image | plain_kept | drift_cosine |",
+        "|---|---|---|---|---|---|",
+    ]
+    for variant in order:
+        for step in sorted(s for v, s in groups if v == variant):
+            group = groups[(variant, step)]
+            if np.mean([g["identity"] for g in group]) >= bar:
+                cells = [_mean_cell([g[k] for g in group]) for k in ("identity", "composition_image", "plain_kept")]
+                lines.append(
+                    f"| {variant} | {step} | "
+                    + " | ".join(cells)
+                    + f" | {_mean_cell([g['drift_cosine'] for g in group])} |"
+                )
+                break
+    return lines
+
+
 def write_report(out: Path, rows: list[dict], base: dict, command: str) -> None:
     keys = ["identity", "composition_image", "composition_video", "motion_left", "drift_cosine", "plain_kept"]
     for r in rows:  # plain prompts' accuracy with the concept, as a share of the base model's
@@ -242,6 +266,7 @@ def write_report(out: Path, rows: list[dict], base: dict, command: str) -> None:
     for (variant, step), group in sorted(groups.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1])):
         cells = [_mean_cell([g[k] for g in group]) for k in keys]
         lines.append(f"| {variant} | {step} | {len(group)} | " + " | ".join(cells) + " |")
+    lines += ["", *equal_identity_table(groups, order)]
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -250,22 +275,29 @@ def write_report(out: Path, rows: list[dict], base: dict, command: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    panels = ["identity", "composition_image", "plain_kept", "composition_video"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(19, 4.4))
     for variant in order:
         steps = sorted({s for v, s in groups if v == variant})
-        if not steps:
-            continue
-        for ax, key in zip(axes, ["identity", "composition_image", "composition_video"]):
-            if any(g[key] is None for s in steps for g in groups[(variant, s)]):
-                continue
-            ax.plot(steps, [np.mean([g[key] for g in groups[(variant, s)]]) for s in steps], marker="o", label=variant)
-    for ax, key in zip(axes, ["identity", "composition_image", "composition_video"]):
-        if key != "identity" and base[key] is not None:
-            ax.axhline(base[key], color="black", linestyle="--", label="base, class word")
+        for ax, key in zip(axes, panels):
+            points = [(s, [g[key] for g in groups[(variant, s)] if g.get(key) is not None]) for s in steps]
+            points = [(s, np.mean(v)) for s, v in points if v]
+            if points:  # one colour per variant in every panel; SPL variants dashed
+                style = "--" if "spl" in variant and variant != "spl0" else "-"
+                color = plt.cm.tab20(order.index(variant) % 20)
+                ax.plot(*zip(*points), marker="o", linestyle=style, color=color, label=variant)
+    for ax, key in zip(axes, panels):
+        ceiling = 1.0 if key == "plain_kept" else base.get(key)
+        if key != "identity" and ceiling is not None:
+            ax.axhline(ceiling, color="black", linestyle="--", label="base, class word")
         ax.set_title(key.replace("_", " "))
+        if ax.lines:
+            ax.set_xscale("log")
+        else:
+            ax.text(0.5, 0.5, "not measured", ha="center", transform=ax.transAxes)
         ax.set_xlabel("training steps")
         ax.set_ylim(-0.02, 1.02)
-    axes[-1].legend(fontsize=7)
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "curves.png", dpi=90)
 
@@ -293,6 +325,10 @@ def main() -> None:
     if "plain_accuracy" not in base and not args.report_only:  # a new file, or one from before the plain-prompt metric
         fresh = measure("circle", budget, seed=1000)
         base = {**base, **{k: v for k, v in fresh.items() if v is not None or k not in base}}
+        base_file.write_text(json.dumps(base, indent=1) + "\n")
+    if args.clips and base.get("composition_video") is None and not args.report_only:  # the video ceiling
+        fresh = measure("circle", budget, seed=1000)
+        base = {**base, **{k: fresh[k] for k in ("composition_video", "motion_left", "still")}, "clips": args.clips}
         base_file.write_text(json.dumps(base, indent=1) + "\n")
     commands = args.out / "commands.txt"  # every run that added rows, in order
     if not args.report_only:
