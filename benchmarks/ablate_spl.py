@@ -40,6 +40,7 @@ import cdvideo  # noqa: E402
 from cdvideo import concept as concepts  # noqa: E402
 from cdvideo import loading, presets  # noqa: E402
 from cdvideo.demo import write_subject_photos  # noqa: E402
+from cdvideo.errors import UserError  # noqa: E402
 from cdvideo.loss import concept_class_cosine, eos_features  # noqa: E402
 from cdvideo.shapes import scorer, world  # noqa: E402
 
@@ -142,18 +143,37 @@ def composed(score, is_base: bool) -> bool:
     return (score.pattern or is_base) and score.accessory == HEADPHONES and score.cls == "circle"
 
 
-def measure(subject: str, budget: Budget, seed: int, folder: Path | None = None) -> dict:
-    """Render and score one model: the base (folder None, subject 'circle') or a concept."""
-    # Two pipelines, as `cdvideo animate` would build each: a concept loads once per text encoder.
+def pipelines(folder: Path | None):
+    """An image and a video pipeline, as `cdvideo animate` would build each, with the concept if any."""
     image = loading.load_image_pipeline("shapes")
     video = loading.video_pipeline(loading.load_image_pipeline("shapes"), loading.load_motion_adapter("shapes"))
     for pipe in (image, video):
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, **presets.SHAPES.scheduler)
         pipe.set_progress_bar_config(disable=True)
-    if folder is not None:
+    if folder is not None:  # a concept loads once per text encoder
         concept = concepts.load_concept(folder)
         concepts.apply_concept(image, folder, concept)
         concepts.apply_concept(video, folder, concept)
+    return image, video
+
+
+def measure_identity(image, subject: str, budget: Budget, seed: int) -> float:
+    return float(np.mean([s.pattern for s in score_images(image, f"a {subject}", budget, seed)]))
+
+
+def measure_video(video, subject: str, budget: Budget, seed: int, is_base: bool) -> dict:
+    clips = score_videos(video, f"a {subject} {HEADPHONES} moving left", budget, seed + 2)
+    return {
+        "composition_video": float(np.mean([composed(c, is_base) and c.motion == "moving left" for c in clips])),
+        "motion_left": float(np.mean([c.motion == "moving left" for c in clips])),
+        "still": float(np.mean([c.motion == "" for c in clips])),
+        "clips": budget.clips,
+    }
+
+
+def measure(subject: str, budget: Budget, seed: int, folder: Path | None = None) -> dict:
+    """Render and score one model: the base (folder None, subject 'circle') or a concept."""
+    image, video = pipelines(folder)
     alone = score_images(image, f"a {subject}", budget, seed)
     with_hp = score_images(image, f"a {subject} {HEADPHONES}", budget, seed + 1)
     is_base = folder is None
@@ -171,13 +191,37 @@ def measure(subject: str, budget: Budget, seed: int, folder: Path | None = None)
         ),
     }
     if budget.clips:  # clips cost 16x an image each: --clips 0 keeps a CPU sweep to the image metrics
-        clips = score_videos(video, f"a {subject} {HEADPHONES} moving left", budget, seed + 2)
-        result["composition_video"] = float(
-            np.mean([composed(c, is_base) and c.motion == "moving left" for c in clips])
-        )
-        result["motion_left"] = float(np.mean([c.motion == "moving left" for c in clips]))
-        result["still"] = float(np.mean([c.motion == "" for c in clips]))
+        result.update(measure_video(video, subject, budget, seed, is_base))
     return result
+
+
+def add_video(folders: list[Path], rows: list[dict], budget: Budget, results: Path) -> None:
+    """Score clips for concepts already measured on images (the snapshot folders a run leaves behind).
+
+    A folder is matched to its row by name (`VARIANT-sSEED[-stepN]`) and checked by re-rendering its
+    identity images, which must reproduce the row's figure exactly; a mismatch is skipped, not mixed in.
+    """
+    for folder in folders:
+        try:
+            manifest = concepts.load_concept(folder)
+        except UserError as error:
+            print(f"{folder}: {error}, skipped", flush=True)
+            continue
+        variant = folder.name.split("-step")[0].rsplit("-s", 1)[0]
+        match = [r for r in rows if (r["variant"], r["seed"], r["step"]) == (variant, manifest.seed, manifest.steps)]
+        if not match or match[0]["composition_video"] is not None:
+            print(f"{folder}: no row waiting for video, skipped", flush=True)
+            continue
+        image, video = pipelines(folder)
+        subject, seed = f"{manifest.token} circle", 1000 + manifest.seed
+        if measure_identity(image, subject, budget, seed) != match[0]["identity"]:
+            print(f"{folder}: identity does not reproduce its row (another run's concept?), skipped", flush=True)
+            continue
+        match[0].update(measure_video(video, subject, budget, seed, is_base=False))
+        print(json.dumps(match[0]), flush=True)
+        tmp = results.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        tmp.replace(results)
 
 
 def run_variant(name: str, seed: int, snapshots: list[int], budget: Budget, work: Path) -> list[dict]:
@@ -314,7 +358,12 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=presets.SHAPES.guidance)
     parser.add_argument("--out", type=Path, default=Path("docs/ablation"))
     parser.add_argument("--report-only", action="store_true", help="rewrite table and plot from results.jsonl")
+    parser.add_argument(
+        "--video-for", nargs="+", type=Path, metavar="CONCEPT", help="add --clips clips to these snapshots' rows"
+    )
     args = parser.parse_args()
+    if args.video_for and not args.clips:
+        parser.error("--video-for needs --clips N (N > 0)")
     torch.set_grad_enabled(True)
     budget = Budget(args.images, args.clips, args.frames, args.sample_steps, args.guidance)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -327,15 +376,16 @@ def main() -> None:
         base = {**base, **{k: v for k, v in fresh.items() if v is not None or k not in base}}
         base_file.write_text(json.dumps(base, indent=1) + "\n")
     if args.clips and base.get("composition_video") is None and not args.report_only:  # the video ceiling
-        fresh = measure("circle", budget, seed=1000)
-        base = {**base, **{k: fresh[k] for k in ("composition_video", "motion_left", "still")}, "clips": args.clips}
+        base.update(measure_video(pipelines(None)[1], "circle", budget, seed=1000, is_base=True))
         base_file.write_text(json.dumps(base, indent=1) + "\n")
     commands = args.out / "commands.txt"  # every run that added rows, in order
     if not args.report_only:
         with open(commands, "a") as f:
             f.write("python benchmarks/ablate_spl.py " + " ".join(sys.argv[1:]) + "\n")
     command = "`, then `".join(commands.read_text().splitlines()) if commands.exists() else "n/a"
-    if args.report_only:
+    if args.video_for:
+        add_video(args.video_for, rows, budget, results)
+    if args.report_only or args.video_for:
         write_report(args.out, rows, base, command)
         return
     work = Path(tempfile.mkdtemp(prefix="cdvideo-ablation-"))
