@@ -205,9 +205,11 @@ def make_trainable(cfg: TrainConfig, unet, text_encoder, vae, token_id: int):
                 target_modules=list(cfg.lora_targets),
             )
         )
-    except ValueError as error:  # peft: "Target modules {...} not found in the base model"
+    except ValueError as error:
+        if "not found" not in str(error):  # peft: "Target modules {...} not found in the base model"
+            raise UserError(f"could not add a rank-{cfg.rank} LoRA to the UNet: {error}") from None
         raise UserError(
-            f"--lora-targets {' '.join(cfg.lora_targets)} matches no UNet module ({error}); "
+            f"--lora-targets {' '.join(cfg.lora_targets)} matches no UNet module; "
             "use names such as to_k, attn2.to_v, conv1"
         ) from None
     lora_params = [p for p in unet.parameters() if p.requires_grad]
