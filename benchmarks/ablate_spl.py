@@ -320,7 +320,7 @@ def write_report(out: Path, rows: list[dict], base: dict, command: str) -> None:
     import matplotlib.pyplot as plt
 
     panels = ["identity", "composition_image", "plain_kept", "composition_video"]
-    fig, axes = plt.subplots(1, len(panels), figsize=(19, 4.4))
+    fig, axes = plt.subplots(1, len(panels), figsize=(19, 4.4), sharex=True)
     for variant in order:
         steps = sorted({s for v, s in groups if v == variant})
         for ax, key in zip(axes, panels):
