@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cdvideo  # noqa: E402
 from cdvideo import concept as concepts  # noqa: E402
 from cdvideo import loading, presets  # noqa: E402
+from cdvideo.atomic import write_text_atomic  # noqa: E402
 from cdvideo.demo import write_subject_photos  # noqa: E402
 from cdvideo.errors import UserError  # noqa: E402
 from cdvideo.loss import concept_class_cosine, eos_features  # noqa: E402
@@ -219,9 +220,7 @@ def add_video(folders: list[Path], rows: list[dict], budget: Budget, results: Pa
             continue
         match[0].update(measure_video(video, subject, budget, seed, is_base=False))
         print(json.dumps(match[0]), flush=True)
-        tmp = results.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        tmp.replace(results)
+        write_text_atomic(results, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def run_variant(name: str, seed: int, snapshots: list[int], budget: Budget, work: Path) -> list[dict]:
@@ -277,11 +276,9 @@ def equal_identity_table(groups: dict[tuple, list[dict]], order: list[str], bar:
         for step in sorted(s for v, s in groups if v == variant):
             group = groups[(variant, step)]
             if np.mean([g["identity"] for g in group]) >= bar:
-                cells = [_mean_cell([g[k] for g in group]) for k in ("identity", "composition_image", "plain_kept")]
+                keys = ("identity", "composition_image", "plain_kept", "drift_cosine")
                 lines.append(
-                    f"| {variant} | {step} | "
-                    + " | ".join(cells)
-                    + f" | {_mean_cell([g['drift_cosine'] for g in group])} |"
+                    f"| {variant} | {step} | " + " | ".join(_mean_cell([g[k] for g in group]) for k in keys) + " |"
                 )
                 break
     return lines
