@@ -16,7 +16,7 @@ _EXPORTS = {
     "TrainConfig": "cdvideo.training",
     "animate": "cdvideo.rendering",
     "AnimateConfig": "cdvideo.rendering",
-    "export_concept": "cdvideo.exporting",
+    "export_concept": "cdvideo.concept_formats",
     "push": "cdvideo.hub",
     "demo": "cdvideo.demo",
     "UserError": "cdvideo.errors",

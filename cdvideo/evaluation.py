@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from cdvideo import concept as concepts
-from cdvideo import export, loading
+from cdvideo import loading, videofiles
 from cdvideo.atomic import ensure_writable_dir, write_json_atomic, write_text_atomic
 from cdvideo.errors import UserError
 
@@ -223,7 +223,7 @@ def _video_index(folder: Path) -> dict[tuple[str, int, str | None], tuple[Path, 
 
 def read_clip(path: Path) -> Clip:
     try:
-        frames = export.read_video(path)
+        frames = videofiles.read_video(path)
     except Exception as err:  # decord/imageio raise their own types for corrupt files
         first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
         raise UserError(f"video {path} does not decode ({first}); delete it and its .json to render it again") from err
@@ -280,7 +280,7 @@ def _gather_clips(
         )
         for video in videos:
             # Scored as generated, not as re-decoded from the lossy mp4.
-            clips[(video.prompt, video.seed)] = Clip(export.to_uint8_frames(video.frames), str(video.files["mp4"]))
+            clips[(video.prompt, video.seed)] = Clip(videofiles.to_uint8_frames(video.frames), str(video.files["mp4"]))
         say(f"rendered {len(videos)} {'concept' if concept_folder else 'base model'} videos into {out}")
     return clips
 

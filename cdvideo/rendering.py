@@ -11,7 +11,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from cdvideo import concept as concepts
-from cdvideo import controls, export, loading, motion, presets, scaleout, sheets
+from cdvideo import controls, loading, motion, presets, scaleout, sheets, videofiles
 from cdvideo.atomic import ensure_writable_dir, write_json_atomic, write_yaml_atomic
 from cdvideo.errors import UserError
 from cdvideo.prompts import bind_prompt, token_count_warning
@@ -209,8 +209,8 @@ def animate(cfg: AnimateConfig, say: Callable[[str], None] = print, progress: bo
                 decode_chunk_size=cfg.decode_chunk_size,
             )
             frames = result.frames[0]
-            stem = export.video_stem(prompt, seed)
-            files = export.write_video(frames, out, stem, fps=cfg.fps)
+            stem = videofiles.video_stem(prompt, seed)
+            files = videofiles.write_video(frames, out, stem, fps=cfg.fps)
             settings = {
                 **asdict(cfg),
                 "prompt": prompt,

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from cdvideo.atomic import atomic_path
-from cdvideo.export import FramesLike, to_uint8_frames, write_gif
+from cdvideo.videofiles import FramesLike, to_uint8_frames, write_gif
 
 SHEET = "contact-sheet"
 GAP = 2  # white pixels between cells

@@ -18,9 +18,9 @@ import cdvideo
 from cdvideo import concept as concepts
 from cdvideo import presets
 from cdvideo.cli import main as cli_main
-from cdvideo.export import read_video, video_info
 from cdvideo.loss import eos_features, eos_positions
 from cdvideo.prompts import bind_prompt
+from cdvideo.videofiles import read_video, video_info
 
 
 def train_tiny(base: Path, photos: Path, out: Path, **overrides) -> Path:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from cdvideo.export import video_info
+from cdvideo.videofiles import video_info
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 
 import cdvideo
 from cdvideo import concept as concepts
-from cdvideo import evaluation, export
+from cdvideo import evaluation, videofiles
 from cdvideo.cli import main as cli_main
 from cdvideo.shapes import world
 
@@ -97,8 +97,8 @@ def world_clip(accessory: str, motion: str, pattern: bool, frames: int = 6) -> n
 
 def write_video_with_settings(frames, folder: Path, prompt: str, concept: Path | None) -> Path:
     """What `cdvideo animate` leaves: <stem>.mp4/.gif and the settings JSON beside them."""
-    stem = export.video_stem(prompt, 0)
-    files = export.write_video(frames, folder, stem)
+    stem = videofiles.video_stem(prompt, 0)
+    files = videofiles.write_video(frames, folder, stem)
     settings = {"prompt": prompt, "rendered_prompt": prompt, "seed": 0, "base": "shapes"}
     settings["concept"] = str(concept) if concept else None
     (folder / f"{stem}.json").write_text(json.dumps(settings))
@@ -218,7 +218,7 @@ def test_a_prompt_set_that_does_not_parse_is_one_clear_error(drawn_concept, tmp_
 def test_a_video_that_does_not_decode_is_one_clear_error(drawn_concept, drawn_videos, backbones, tmp_path, capsys):
     videos = tmp_path / "videos"
     shutil.copytree(drawn_videos, videos)
-    broken = videos / f"{export.video_stem('a <new1> circle moving right', 0)}.mp4"
+    broken = videos / f"{videofiles.video_stem('a <new1> circle moving right', 0)}.mp4"
     broken.write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video")
     prompts = tmp_path / "prompts.yaml"
     prompts.write_text(PROMPTS)

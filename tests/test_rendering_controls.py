@@ -10,7 +10,7 @@ from conftest import cli_animate_args
 
 import cdvideo
 from cdvideo.cli import main as cli_main
-from cdvideo.export import video_info
+from cdvideo.videofiles import video_info
 
 # Bit-exactness is not promised across kernels: chunked or re-laid-out work may sum in another order.
 EXACT = 1e-5

@@ -18,8 +18,8 @@ from safetensors.torch import load_file
 import cdvideo
 from cdvideo import concept as concepts
 from cdvideo.cli import main as cli_main
-from cdvideo.export import read_video, to_uint8_frames
 from cdvideo.presets import SD15_MOTION_ADAPTER
+from cdvideo.videofiles import read_video, to_uint8_frames
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
@@ -158,7 +158,7 @@ def test_text_encoder_lora_becomes_lora_te_with_its_true_alpha(tiny_base, tmp_pa
     from peft.utils import get_peft_model_state_dict
     from transformers import CLIPTextModel
 
-    from cdvideo.exporting import to_kohya
+    from cdvideo.concept_formats import to_kohya
 
     torch.manual_seed(4)
     pipe = StableDiffusionPipeline.from_pretrained(tiny_base, safety_checker=None)

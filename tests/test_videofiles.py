@@ -1,4 +1,4 @@
-"""Tests for cdvideo.export and cdvideo.atomic: round trips through real encoders/decoders."""
+"""Tests for cdvideo.videofiles and cdvideo.atomic: round trips through real encoders/decoders."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from cdvideo.atomic import (
     write_text_atomic,
 )
 from cdvideo.errors import UserError
-from cdvideo.export import (
+from cdvideo.videofiles import (
     NAN_MESSAGE,
     read_video,
     slugify,
@@ -362,7 +362,7 @@ def test_write_video_validates_stem_and_formats(tmp_path: Path, clip: np.ndarray
 
 def test_ffmpeg_failure_raises_instead_of_empty_file(tmp_path: Path) -> None:
     # libx264 rejects odd sizes and ffmpeg leaves a 0-byte file; that must surface.
-    from cdvideo import export
+    from cdvideo import videofiles
 
     frames = np.zeros((2, 65, 63, 3), np.uint8)
     args = ["-c:v", "libx264", "-pix_fmt", "yuv420p"]
@@ -370,5 +370,5 @@ def test_ffmpeg_failure_raises_instead_of_empty_file(tmp_path: Path) -> None:
         pytest.raises(RuntimeError, match="ffmpeg failed"),
         atomic_path(tmp_path / "odd.mp4") as tmp,
     ):
-        export._encode(iter(frames), (63, 65), export.Fraction(8), tmp, args)
+        videofiles._encode(iter(frames), (63, 65), videofiles.Fraction(8), tmp, args)
     assert list(tmp_path.iterdir()) == []
