@@ -37,6 +37,21 @@ _UNSUPPORTED_SUFFIXES: dict[str, str] = {
 MAX_PIXELS = 8192 * 8192
 
 RECOMMENDED = "3-20"
+
+
+def masks_to_tensor(masks: list[Image.Image | None], flip: bool, size: int) -> torch.Tensor | None:
+    """Subject masks as (N, 1, size, size) coverage in [0, 1], in `photos_to_tensor`'s order (flips
+    appended); None unless every photo has one (a loss masked on some photos only would teach the
+    others' backgrounds)."""
+    if not masks or any(m is None for m in masks):
+        return None
+    array = np.stack([np.asarray(m, dtype=np.float32) / 255.0 for m in masks])
+    tensor = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(array)[:, None], size)
+    if flip:
+        tensor = torch.cat([tensor, torch.flip(tensor, dims=[3])])
+    return tensor.contiguous()
+
+
 _MAX_LISTED_SKIPS = 5
 _WHITE = (255, 255, 255)
 # Modes where box-averaging in Image.reduce is meaningful (palette indices, bilevel and
@@ -49,6 +64,8 @@ class PhotoSet:
     """Photos ready for training plus everything the user should hear about."""
 
     images: list[Image.Image] = field(default_factory=list)
+    # The subject's mask from each photo's alpha channel (kohya's `alpha_mask`), None where it has none.
+    masks: list[Image.Image | None] = field(default_factory=list)
     paths: list[Path] = field(default_factory=list)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -88,12 +105,13 @@ def load_photos(
             result.notes.append(f"{labels[first_by_hash[digest]]} and {labels[path]} are identical: using one")
             continue
         try:
-            image, notes = _load_one(path, resolution, min_size)
+            image, mask, notes = _load_one(path, resolution, min_size)
         except _Skip as e:
             result.skipped.append((path, str(e)))
             continue
         first_by_hash[digest] = path
         result.images.append(image)
+        result.masks.append(mask)
         result.paths.append(path)
         result.notes.extend(f"{labels[path]}: {n}" for n in notes)
         # Fail early rather than decode thousands of files pointed at by mistake.
@@ -175,7 +193,7 @@ def _file_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _load_one(path: Path, resolution: int, min_size: int) -> tuple[Image.Image, list[str]]:
+def _load_one(path: Path, resolution: int, min_size: int) -> tuple[Image.Image, Image.Image | None, list[str]]:
     if path.stat().st_size == 0:
         raise _Skip("unreadable image: empty file (0 bytes)")
     # Save/restore because this is a process-wide switch another library may have flipped;
@@ -199,7 +217,7 @@ def _load_one(path: Path, resolution: int, min_size: int) -> tuple[Image.Image, 
         ImageFile.LOAD_TRUNCATED_IMAGES = previous
 
 
-def _process(im: Image.Image, resolution: int, min_size: int) -> tuple[Image.Image, list[str]]:
+def _process(im: Image.Image, resolution: int, min_size: int) -> tuple[Image.Image, Image.Image | None, list[str]]:
     notes: list[str] = []
     width, height = im.size
     if width * height > MAX_PIXELS:
@@ -219,8 +237,9 @@ def _process(im: Image.Image, resolution: int, min_size: int) -> tuple[Image.Ima
 
     if im.mode in _REDUCIBLE_MODES and "transparency" not in im.info:
         im = _reduce(im, resolution)
-    rgb, composited = _to_rgb(im, source_format, icc_profile)
+    rgb, alpha = _to_rgb(im, source_format, icc_profile)
     rgb = _reduce(rgb, resolution)
+    composited = alpha is not None
     if composited:
         notes.append("transparent pixels composited on white")
     if min(width, height) < resolution:
@@ -228,7 +247,8 @@ def _process(im: Image.Image, resolution: int, min_size: int) -> tuple[Image.Ima
     if max(width, height) > 2 * min(width, height):
         shape = "wide" if width > height else "tall"
         notes.append(f"very {shape} ({width}x{height}); the centre crop may cut off the subject")
-    return _square(rgb, resolution), notes
+    mask = _square(_reduce(alpha, resolution), resolution) if alpha is not None else None
+    return _square(rgb, resolution), mask, notes
 
 
 def _reduce(im: Image.Image, resolution: int) -> Image.Image:
@@ -247,11 +267,13 @@ def _square(im: Image.Image, resolution: int) -> Image.Image:
     return square
 
 
-def _to_rgb(im: Image.Image, source_format: str | None, icc_profile: bytes | None) -> tuple[Image.Image, bool]:
-    """Return (8-bit RGB image, whether transparent pixels were composited on white)."""
+def _to_rgb(
+    im: Image.Image, source_format: str | None, icc_profile: bytes | None
+) -> tuple[Image.Image, Image.Image | None]:
+    """Return (8-bit RGB image, its alpha channel where transparent pixels were composited on white)."""
     mode = im.mode
     if mode.startswith("I") or mode == "F":
-        return _high_bit_depth_to_l(im, source_format).convert("RGB"), False
+        return _high_bit_depth_to_l(im, source_format).convert("RGB"), None
 
     if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
         # convert("RGBA") also applies palette / tRNS transparency.
@@ -260,19 +282,19 @@ def _to_rgb(im: Image.Image, source_format: str | None, icc_profile: bytes | Non
         if alpha.getextrema()[0] < 255:
             flat = Image.new("RGB", rgba.size, _WHITE)
             flat.paste(rgba, mask=alpha)
-            return _apply_icc(flat, icc_profile, "RGB"), True
-        return _apply_icc(rgba.convert("RGB"), icc_profile, "RGB"), False
+            return _apply_icc(flat, icc_profile, "RGB"), alpha
+        return _apply_icc(rgba.convert("RGB"), icc_profile, "RGB"), None
 
     if mode == "CMYK":
         # The embedded profile matters a lot for CMYK; the naive formula is only a fallback.
         converted = _icc_to_srgb(im, icc_profile, "CMYK")
-        return (converted or im.convert("RGB")), False
+        return (converted or im.convert("RGB")), None
 
     try:
         rgb = im.convert("RGB")
     except ValueError:
         raise _Skip(f"unsupported colour mode {mode}") from None
-    return (_apply_icc(rgb, icc_profile, "RGB") if mode == "RGB" else rgb), False
+    return (_apply_icc(rgb, icc_profile, "RGB") if mode == "RGB" else rgb), None
 
 
 def _high_bit_depth_to_l(im: Image.Image, source_format: str | None) -> Image.Image:

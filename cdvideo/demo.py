@@ -17,16 +17,18 @@ PROMPT = "a circle wearing headphones moving right"
 
 
 def write_subject_photos(folder: Path, count: int = 5, seed: int = 0) -> list[Path]:
-    """The user's 'dog': photos of the striped circle that no caption names."""
+    """The user's 'dog': cut-out photos (PNG with alpha) of the striped circle that no caption names."""
     from cdvideo.shapes import world
 
     ensure_writable_dir(folder)
-    images = world.render(world.subject_scenes(count, torch.Generator().manual_seed(seed)))
+    scenes = world.subject_scenes(count, torch.Generator().manual_seed(seed))
+    images, alphas = world.render(scenes), world.object_coverage(scenes)
     paths = []
-    for i, image in enumerate(images):
+    for i, (image, alpha) in enumerate(zip(images, alphas, strict=True)):
         path = folder / f"subject-{i}.png"
+        rgba = torch.cat([image, alpha[None]]).permute(1, 2, 0).numpy()
         with atomic_path(path) as tmp:
-            Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(tmp)
+            Image.fromarray((rgba * 255).round().astype(np.uint8), "RGBA").save(tmp)
         paths.append(path)
     return paths
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import diffusers
+
+from cdvideo.errors import UserError
 from cdvideo.shapes import world
 
 SD15_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -17,11 +20,13 @@ class Preset:
     motion_adapter: str
     resolution: int
     frames: int
-    steps: int
+    steps: int  # of the family's sampler
     guidance: float
     fps: int
     # Sampler settings laid over the base model's scheduler config.
     scheduler: dict = field(default_factory=dict)
+    sampler: str = "ddim"  # the family's sampler (a SAMPLERS name)
+    sampler_steps: dict = field(default_factory=dict)  # steps of the other samplers on this family
     negative_prompt: str = ""
     # Training
     train_steps: int = 500
@@ -36,6 +41,10 @@ class Preset:
     num_class_images: int = 50
     # Prompts the prior images are drawn from; "{class_word}" is filled in.
     prior_prompts: tuple[str, ...] = ("a photo of a {class_word}",)
+    # Caption variety on masked photos: this share of subject captions gets one of these phrases
+    # after the class word, so the concept cannot live in the sentence-final text states.
+    caption_variety: float = 0.0
+    caption_phrases: tuple[str, ...] = ()
 
 
 SD15 = Preset(
@@ -57,6 +66,7 @@ SD15 = Preset(
         "timestep_spacing": "linspace",
     },
     negative_prompt="low quality, worst quality, blurry",
+    sampler_steps={"euler": 25, "dpm++": 20, "unipc": 20},
 )
 
 # The embedded model ships its own (v-prediction, zero-terminal-SNR) scheduler config, which is
@@ -71,6 +81,8 @@ SHAPES = Preset(
     steps=25,
     guidance=3.0,
     fps=8,
+    sampler="ddim",
+    sampler_steps={"ddim": 25, "euler": 8, "dpm++": 10, "unipc": 8},
     train_steps=150,
     batch_size=4,
     rank=16,
@@ -84,31 +96,71 @@ SHAPES = Preset(
     prior_weight=1.0,
     num_class_images=32,
     prior_prompts=world.prior_prompts(),
+    caption_variety=0.0,
+    caption_phrases=world.composition_phrases(),
 )
 
 
 @dataclass(frozen=True)
 class Sampler:
-    """A sampler preset: scheduler class and settings, and the steps/guidance it was distilled for."""
+    """A sampler: scheduler class and settings laid over the family's; steps and guidance it was
+    made for, where they differ from the family's."""
 
     name: str
     scheduler_class: str
-    scheduler: dict
-    steps: int
-    guidance: float
+    scheduler: dict = field(default_factory=dict)
+    steps: int | None = None
+    guidance: float | None = None
 
 
-# AnimateDiff-Lightning (ByteDance): distilled adapters sample with Euler, trailing timesteps,
-# linear betas and no classifier-free guidance; 4 steps for the 4-step adapter (1/2/8 exist too).
-LIGHTNING = Sampler(
-    name="lightning",
-    scheduler_class="EulerDiscreteScheduler",
-    scheduler={"timestep_spacing": "trailing", "beta_schedule": "linear"},
-    steps=4,
-    guidance=1.0,
-)
-SAMPLERS = {"lightning": LIGHTNING}
+SAMPLERS = {
+    sampler.name: sampler
+    for sampler in (
+        Sampler("ddim", "DDIMScheduler"),
+        Sampler("euler", "EulerDiscreteScheduler"),
+        # Zero-terminal-SNR schedules end at sigma 0, which DPM++ and UniPC must step to exactly.
+        Sampler("dpm++", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "final_sigmas_type": "zero"}),
+        Sampler("unipc", "UniPCMultistepScheduler", {"final_sigmas_type": "zero"}),
+        # AnimateDiff-Lightning (ByteDance): distilled adapters sample with Euler, trailing timesteps,
+        # linear betas and no classifier-free guidance; 4 steps for the 4-step adapter (1/2/8 exist too).
+        Sampler(
+            "lightning",
+            "EulerDiscreteScheduler",
+            {"timestep_spacing": "trailing", "beta_schedule": "linear"},
+            steps=4,
+            guidance=1.0,
+        ),
+    )
+}
+LIGHTNING = SAMPLERS["lightning"]
+
+
+def sampler_steps(preset: Preset, sampler: Sampler) -> int:
+    """Default steps of `sampler` on `preset`'s family."""
+    if sampler.name == preset.sampler:
+        return preset.steps
+    return preset.sampler_steps.get(sampler.name) or sampler.steps or preset.steps
 
 
 def preset_for(base: str) -> Preset:
     return SHAPES if base == "shapes" else SD15
+
+
+def pick_sampler(name: str | None, preset: Preset) -> Sampler:
+    """The named sampler, or the family's own for None/"default"."""
+    if name in (None, "default"):
+        return SAMPLERS[preset.sampler]
+    if name not in SAMPLERS:
+        raise UserError(f"--sampler {name!r} is unknown; choose one of {['default', *SAMPLERS]}")
+    return SAMPLERS[name]
+
+
+def make_scheduler(base: str, sampler_name: str | None, base_scheduler_config, video: bool = True):
+    """A scheduler for `base`'s family: its sampler (AnimateDiff's DDIM for SD1.5) or a named one,
+    laid over the base model's own config (so v-prediction and zero terminal SNR carry over).
+    `video=False` (stills: prior images, validation) leaves out the motion adapter's schedule."""
+    preset = preset_for(base)
+    sampler = pick_sampler(sampler_name, preset)
+    scheduler_class = getattr(diffusers, sampler.scheduler_class)
+    overrides = {**(preset.scheduler if video else {}), **sampler.scheduler}
+    return scheduler_class.from_config(base_scheduler_config, **overrides)

@@ -8,7 +8,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from diffusers import DDIMScheduler
 
 from cdvideo import concept as concepts
 from cdvideo import controls, loading, motion, presets, scaleout, sheets, videofiles
@@ -84,14 +83,14 @@ def resolve(cfg: AnimateConfig, concept: concepts.Concept | None) -> AnimateConf
             f"concept was trained on base '{concept.base}', not '{base}'; pass --base {concept.base} or --no-concept"
         )
     preset = presets.preset_for(base)
-    sampler = _sampler(cfg.sampler)
+    sampler = presets.pick_sampler(cfg.sampler, preset)
     values = dict(cfg.__dict__)
     values["base"] = base
-    if sampler:
-        # The distilled adapter's own steps and guidance, unless asked otherwise.
-        for name in ("steps", "guidance"):
-            if values[name] is None:
-                values[name] = getattr(sampler, name)
+    values["sampler"] = sampler.name
+    if values["steps"] is None:
+        values["steps"] = presets.sampler_steps(preset, sampler)
+    if values["guidance"] is None and sampler.guidance is not None:
+        values["guidance"] = sampler.guidance  # a distilled adapter's own
     for name, default in (
         ("motion_adapter", preset.motion_adapter),
         ("negative_prompt", preset.negative_prompt),
@@ -105,26 +104,6 @@ def resolve(cfg: AnimateConfig, concept: concepts.Concept | None) -> AnimateConf
         if values[name] is None:
             values[name] = default
     return AnimateConfig(**values)
-
-
-def _sampler(name: str | None) -> presets.Sampler | None:
-    if name in (None, "default"):
-        return None
-    if name not in presets.SAMPLERS:
-        raise UserError(f"--sampler {name!r} is unknown; choose one of {['default', *presets.SAMPLERS]}")
-    return presets.SAMPLERS[name]
-
-
-def make_scheduler(cfg: AnimateConfig, base_scheduler_config):
-    """The family's sampler (AnimateDiff's DDIM for SD1.5), or a named sampler preset over it."""
-    overrides = dict(presets.preset_for(cfg.base).scheduler)
-    sampler = _sampler(cfg.sampler)
-    if sampler is None:
-        return DDIMScheduler.from_config(base_scheduler_config, **overrides)
-    import diffusers
-
-    scheduler_class = getattr(diffusers, sampler.scheduler_class)
-    return scheduler_class.from_config(base_scheduler_config, **{**overrides, **sampler.scheduler})
 
 
 def validate(cfg: AnimateConfig) -> None:
@@ -148,7 +127,7 @@ def build_pipeline(cfg: AnimateConfig, dtype: torch.dtype):
     image = loading.load_image_pipeline(cfg.base, dtype, config=cfg.base_config)
     adapter = loading.load_motion_adapter(cfg.motion_adapter, dtype, config=cfg.motion_adapter_config)
     pipe = loading.video_pipeline(image, adapter)
-    pipe.scheduler = make_scheduler(cfg, pipe.scheduler.config)
+    pipe.scheduler = presets.make_scheduler(cfg.base, cfg.sampler, pipe.scheduler.config)
     return pipe
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +51,9 @@ class TrainConfig:
     batch_size: int | None = None
     spl_weight: float | None = None
     flip: bool = True
+    # Subject masks from the photos' alpha channels: None = when every photo has one.
+    masked_loss: bool | None = None
+    caption_variety: float | None = None  # share of masked subject captions given a phrase after the class word
     seed: int = 0
     prior_weight: float | None = None  # > 0 enables prior preservation
     class_images: str | None = None  # a `name.txt` beside `name.png` is that image's prompt (kohya style)
@@ -81,6 +84,7 @@ class TrainConfig:
             ("spl_weight", preset.spl_weight),
             ("prior_weight", preset.prior_weight),
             ("num_class_images", preset.num_class_images),
+            ("caption_variety", preset.caption_variety),
         ):
             if values[name] is None:
                 values[name] = default
@@ -115,6 +119,8 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError("--class-prompt needs a prompt; give one, or drop it for 'a photo of a CLASS'")
     if cfg.spl_weight < 0 or cfg.prior_weight < 0:
         raise UserError("--spl-weight and --prior-weight must be >= 0")
+    if not 0 <= cfg.caption_variety <= 1:
+        raise UserError(f"--caption-variety is a share of captions, from 0 to 1 (got {cfg.caption_variety})")
     if not cfg.class_word.strip():
         raise UserError("--class-word is empty; give the subject's class, such as dog")
 
@@ -228,6 +234,17 @@ def make_trainable(cfg: TrainConfig, unet, text_encoder, vae, token_id: int):
     return embeddings, optimizer
 
 
+def _subject_captions(batch: dict, picks: torch.Tensor, generator) -> torch.Tensor:
+    """Row of `batch["concept_ids"]` each subject item is captioned with: 0 is the plain concept
+    phrase; with caption variety, a share of items get the phrase plus a composition phrase."""
+    rows = torch.zeros_like(picks)
+    if batch["variety"] > 0:
+        vary = torch.rand(picks.shape, generator=generator, device=picks.device) < batch["variety"]
+        phrase = torch.randint(1, len(batch["concept_ids"]), picks.shape, generator=generator, device=picks.device)
+        rows = torch.where(vary, phrase, rows)
+    return rows
+
+
 def _batch_loss(cfg, batch, unet, text_encoder, noise_scheduler, generator, scaling_factor):
     """One batch of the ClassDiffusion objective; returns (loss, its parts, the concept's EOS features)."""
     instance_mean, instance_std = batch["instance"]
@@ -237,10 +254,12 @@ def _batch_loss(cfg, batch, unet, text_encoder, noise_scheduler, generator, scal
         instance_mean[picks].shape, generator=generator, device=device
     )
     latents = latents * scaling_factor
-    # The concept phrase is the same for every item: encode it once, share it across the batch.
-    concept_hidden = text_encoder(batch["concept_ids"])[0]
-    concept_features = at_eos(concept_hidden, batch["concept_ids"], batch["eos_id"])
-    hidden = concept_hidden.expand(cfg.batch_size, -1, -1)
+    # Row 0 is the concept phrase SPL reads; the text encoder sees it once plus each other caption drawn.
+    rows = _subject_captions(batch, picks, generator)
+    unique, inverse = torch.unique(torch.cat([rows.new_zeros(1), rows]), return_inverse=True)
+    encoded = text_encoder(batch["concept_ids"][unique])[0]
+    concept_features = at_eos(encoded[:1], batch["concept_ids"][:1], batch["eos_id"])
+    hidden = encoded[inverse[1:]]
     if batch["class"] is not None:
         class_mean, class_std = batch["class"]
         picks_c = torch.randint(len(class_mean), (cfg.batch_size,), generator=generator, device=device)
@@ -256,8 +275,15 @@ def _batch_loss(cfg, batch, unet, text_encoder, noise_scheduler, generator, scal
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
     prediction = unet(noisy, timesteps, hidden).sample
     target = _diffusion_target(noise_scheduler, latents, noise, timesteps)
-    errors = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-    mse = errors[: cfg.batch_size].mean()
+    errors = F.mse_loss(prediction.float(), target.float(), reduction="none")
+    if batch["masks"] is not None:
+        # Only the subject is taught: the background and anything beside the subject stay the base
+        # model's, so "on grass" or "wearing headphones" are not unlearned.
+        mask = batch["masks"][picks]
+        subject = (errors[: cfg.batch_size] * mask).sum(dim=(1, 2, 3)) / (mask.sum(dim=(1, 2, 3)) * errors.shape[1])
+        mse = subject.mean()
+    else:
+        mse = errors[: cfg.batch_size].mean()
     prior_loss = errors[cfg.batch_size :].mean() if batch["class"] is not None else torch.zeros((), device=device)
     spl = semantic_preservation_loss(concept_features, batch["class_features"])
     loss = mse + cfg.prior_weight * prior_loss + cfg.spl_weight * spl
@@ -280,6 +306,24 @@ def concept_record(cfg: TrainConfig, steps: int, drift: float | None, metrics: d
         prior_weight=cfg.prior_weight,
         metrics=metrics,
     )
+
+
+def _with_masks(cfg: TrainConfig, photos: data.PhotoSet, say) -> TrainConfig:
+    """Settle masked loss and caption variety for these photos; the run records what it applied."""
+    missing = sum(m is None for m in photos.masks)
+    if cfg.masked_loss and missing:
+        raise UserError(
+            f"--masked-loss needs every photo to carry the subject's mask as transparency (PNG with alpha); "
+            f"{missing} of {len(photos.masks)} have none"
+        )
+    masked = not missing if cfg.masked_loss is None else cfg.masked_loss
+    variety = cfg.caption_variety
+    if variety and not masked:
+        say("note: caption variety is off: it needs the subject's mask (photos with transparency)")
+        variety = 0.0
+    if variety and not presets.preset_for(cfg.base).caption_phrases:
+        raise UserError("--caption-variety needs composition phrases, and this model family has none")
+    return replace(cfg, masked_loss=masked, caption_variety=variety)
 
 
 def _validation_hook(cfg: TrainConfig, pipe, out: Path) -> Callable[[int], None]:
@@ -359,6 +403,7 @@ def train(
         say(f"skipped {path}: {reason}")
     for note in photos.notes:
         say(f"note: {note}")
+    cfg = _with_masks(cfg, photos, say)
 
     def write_run_files(folder: Path) -> None:
         """The run's settings and photos, beside each checkpoint and the finished concept."""
@@ -374,6 +419,8 @@ def train(
     pipe = loading.load_image_pipeline(cfg.base, torch.float32, config=cfg.base_config).to(device)
     tokenizer, text_encoder, vae, unet = pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    # Prior images and validation stills: the family's sampler, at its steps.
+    pipe.scheduler = presets.make_scheduler(cfg.base, None, pipe.scheduler.config, video=False)
 
     class_pixels = None
     if cfg.prior_weight > 0:
@@ -403,14 +450,19 @@ def train(
 
     # Precompute what never changes: photo latents (with flips) and the class phrase's features.
     eos_id = tokenizer.eos_token_id
-    concept_ids = _tokenize(tokenizer, [f"a photo of a {cfg.token} {cfg.class_word}"], device)
+    concept_phrase = f"a photo of a {cfg.token} {cfg.class_word}"
+    phrases = presets.preset_for(cfg.base).caption_phrases if cfg.caption_variety else ()
+    concept_ids = _tokenize(tokenizer, [concept_phrase, *(f"{concept_phrase} {p}" for p in phrases)], device)
     class_ids = _tokenize(tokenizer, [f"a photo of a {cfg.class_word}"], device)
+    latent_size = cfg.resolution // 2 ** (len(vae.config.block_out_channels) - 1)
     with torch.no_grad():
         class_features = eos_features(text_encoder, class_ids, eos_id)
         batch = {
             "instance": _latent_distribution(vae, data.photos_to_tensor(photos.images, flip=cfg.flip)),
             "class": _latent_distribution(vae, class_pixels) if class_pixels is not None else None,
             "concept_ids": concept_ids,
+            "variety": cfg.caption_variety,
+            "masks": data.masks_to_tensor(photos.masks, cfg.flip, latent_size).to(device) if cfg.masked_loss else None,
             "eos_id": eos_id,
             "class_features": class_features,
         }
@@ -485,7 +537,7 @@ def train(
     if not main:
         return out
     with torch.no_grad():
-        final_cosine = concept_class_cosine(eos_features(text_encoder, concept_ids, eos_id), class_features).item()
+        final_cosine = concept_class_cosine(eos_features(text_encoder, concept_ids[:1], eos_id), class_features).item()
     concept = concept_record(cfg, cfg.steps, round(final_cosine, 6), log.last)
     lora_state = get_peft_model_state_dict(unet)
     save_concept(out, concept, lora_state, embeddings[token_id])

@@ -155,6 +155,14 @@ def _shape_distance(scene: Scene, px: torch.Tensor, py: torch.Tensor) -> torch.T
     return by_class.gather(0, scene.cls[None, :, None, None].expand(1, *circle.shape))[0]
 
 
+def object_coverage(scene: Scene) -> torch.Tensor:
+    """How much of each pixel the object covers (N, 64, 64) in [0, 1]: a cut-out's alpha channel."""
+    coords = torch.arange(SIZE, device=scene.x.device, dtype=torch.float32) + 0.5
+    py, px = torch.meshgrid(coords, coords, indexing="ij")
+    n = len(scene)
+    return _coverage(_shape_distance(scene, px.expand(n, SIZE, SIZE), py.expand(n, SIZE, SIZE)))
+
+
 def _coverage(distance: torch.Tensor) -> torch.Tensor:
     """Anti-aliased coverage from a signed distance."""
     return (0.5 - distance).clamp(0, 1)
@@ -327,6 +335,19 @@ def random_captions(
             )
         )
     return out
+
+
+def composition_phrases() -> tuple[str, ...]:
+    """Every phrase the grammar may put after a subject: accessory, background and motion, alone
+    and combined (the caption variety a masked subject photo is trained with)."""
+    phrases = []
+    for accessory in ACCESSORIES:
+        for background in BACKGROUNDS:
+            for motion in MOTIONS:
+                words = " ".join(w for w in (accessory, background, motion) if w)
+                if words:
+                    phrases.append(words)
+    return tuple(phrases)
 
 
 def prior_prompts() -> tuple[str, ...]:

@@ -1,0 +1,109 @@
+"""Composition levers: subject masks from the photos' transparency, masked loss, caption variety."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import cli_train_args
+
+from cdvideo import data, presets
+from cdvideo.cli import main as cli_main
+from cdvideo.demo import write_subject_photos
+from cdvideo.shapes import world
+from cdvideo.training import TrainConfig, _batch_loss, _subject_captions
+
+
+@pytest.fixture(scope="module")
+def cutouts(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cutouts")
+
+
+def test_transparent_photos_carry_the_subject_mask(cutouts, dog_photos):
+    write_subject_photos(cutouts, count=3, seed=0)
+    photos = data.load_photos([cutouts], 64)
+    scenes = world.subject_scenes(3, torch.Generator().manual_seed(0))
+    coverage = world.object_coverage(scenes)
+    for mask, expected in zip(photos.masks, coverage, strict=True):
+        np.testing.assert_allclose(np.asarray(mask, np.float32) / 255, expected.numpy(), atol=1 / 255)
+    masks = data.masks_to_tensor(photos.masks, flip=True, size=16)
+    assert masks.shape == (6, 1, 16, 16)
+    # Flipped copies follow the photos, mirrored, as photos_to_tensor orders them.
+    torch.testing.assert_close(masks[3:], torch.flip(masks[:3], dims=[3]))
+    assert data.masks_to_tensor(data.load_photos([dog_photos], 64).masks, flip=False, size=16) is None
+
+
+def test_masked_loss_teaches_only_the_subject(tiny_base):
+    """Outside the subject's mask the UNet's prediction gets no gradient: the background and what
+    stands beside the subject (a hat, headphones) are left as the base model draws them."""
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_base)
+    cfg = TrainConfig(images=[], class_word="dog", base=str(tiny_base), batch_size=2).resolved()
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[..., 2:6, 3:7] = 1.0
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    ids = pipe.tokenizer(["a photo of a dog"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    predictions = []
+    pipe.unet.register_forward_hook(lambda module, args, out: predictions.append(out.sample.retain_grad() or out))
+
+    def prediction_grad(masks: torch.Tensor | None) -> torch.Tensor:
+        batch = {
+            "instance": (latents, torch.zeros_like(latents)),
+            "class": None,
+            "concept_ids": ids,
+            "variety": 0.0,
+            "masks": masks,
+            "eos_id": pipe.tokenizer.eos_token_id,
+            "class_features": torch.zeros(1, 32),
+        }
+        scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        generator = torch.Generator().manual_seed(1)
+        _batch_loss(cfg, batch, pipe.unet, pipe.text_encoder, scheduler, generator, 1.0)[1]["mse"].backward()
+        return predictions[-1].sample.grad.abs().sum(dim=1, keepdim=True)
+
+    masked = prediction_grad(mask)
+    assert float(masked[mask == 0].max()) == 0.0 and bool((masked[mask == 1] > 0).all())
+    assert bool((prediction_grad(None) > 0).all())
+
+
+def test_caption_variety_draws_phrases_at_the_asked_share():
+    picks = torch.zeros(4000, dtype=torch.long)
+    ids = torch.zeros(len(presets.SHAPES.caption_phrases) + 1, 77, dtype=torch.long)
+    generator = torch.Generator().manual_seed(0)
+    for share in (0.0, 0.5, 1.0):
+        rows = _subject_captions({"concept_ids": ids, "variety": share}, picks, generator)
+        assert float((rows > 0).float().mean()) == pytest.approx(share, abs=0.03)
+    # Every phrase can be drawn, and row 0 (the plain concept phrase SPL reads) is never a phrase.
+    rows = _subject_captions({"concept_ids": ids, "variety": 1.0}, picks, generator)
+    assert set(rows.tolist()) == set(range(1, len(ids)))
+
+
+def test_composition_phrases_cover_every_accessory_background_and_motion():
+    phrases = world.composition_phrases()
+    for part in [*world.ACCESSORIES, *world.BACKGROUNDS, *world.MOTIONS]:
+        if part:
+            assert part in phrases
+    assert "wearing headphones on grass moving right" in phrases and "" not in phrases
+
+
+def test_shapes_training_on_cutouts_records_what_it_applied(cutouts, tmp_path, capsys):
+    out = tmp_path / "concept"
+    args = ["train", str(cutouts), "--class-word", "circle", "--base", "shapes", "--output", str(out),
+            "--steps", "2", "--prior-weight", "0", "--caption-variety", "0.5"]  # fmt: skip
+    assert cli_main(args) == 0
+    settings = json.loads((out / "train_config.json").read_text())
+    assert settings["masked_loss"] is True and settings["caption_variety"] == 0.5
+
+
+def test_masks_are_asked_of_photos_without_transparency(tiny_base, dog_photos, tmp_path, capsys):
+    code = cli_main(cli_train_args(tiny_base, dog_photos, tmp_path / "c", "--masked-loss"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "transparency" in err[0] and "5 of 5" in err[0]
+    # Caption variety without masks would teach false captions: it is turned off, said and recorded.
+    assert cli_main(cli_train_args(tiny_base, dog_photos, tmp_path / "d", "--caption-variety", "0.5")) == 0
+    assert "caption variety is off" in capsys.readouterr().out
+    assert json.loads((tmp_path / "d" / "train_config.json").read_text())["caption_variety"] == 0.0
