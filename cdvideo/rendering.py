@@ -131,6 +131,22 @@ def build_pipeline(cfg: AnimateConfig, dtype: torch.dtype):
     return pipe
 
 
+def render_clip(pipe, cfg: AnimateConfig, prompt: str, seed: int):
+    """One clip of `prompt` at `cfg`'s settings: (frames, H, W, 3) floats in [0, 1]."""
+    return pipe(
+        prompt,
+        negative_prompt=cfg.negative_prompt or None,
+        num_frames=cfg.frames,
+        height=cfg.height,
+        width=cfg.width,
+        num_inference_steps=cfg.steps,
+        guidance_scale=cfg.guidance,
+        generator=torch.Generator("cpu").manual_seed(seed),
+        output_type="np",
+        decode_chunk_size=cfg.decode_chunk_size,
+    ).frames[0]
+
+
 def animate(cfg: AnimateConfig, say: Callable[[str], None] = print, progress: bool = True) -> list[Video]:
     """Render every prompt x seed; returns the videos with the paths written."""
     found = _find_concept(cfg, say)
@@ -174,20 +190,7 @@ def animate(cfg: AnimateConfig, say: Callable[[str], None] = print, progress: bo
             if not share.mine(next(jobs)):
                 continue
             start = time.time()
-            generator = torch.Generator("cpu").manual_seed(seed)
-            result = pipe(
-                rendered,
-                negative_prompt=cfg.negative_prompt or None,
-                num_frames=cfg.frames,
-                height=cfg.height,
-                width=cfg.width,
-                num_inference_steps=cfg.steps,
-                guidance_scale=cfg.guidance,
-                generator=generator,
-                output_type="np",
-                decode_chunk_size=cfg.decode_chunk_size,
-            )
-            frames = result.frames[0]
+            frames = render_clip(pipe, cfg, rendered, seed)
             stem = videofiles.video_stem(prompt, seed)
             files = videofiles.write_video(frames, out, stem, fps=cfg.fps)
             settings = {

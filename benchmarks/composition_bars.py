@@ -1,0 +1,219 @@
+"""The composition bars on the Shapes world: does a concept trained at the shipped settings compose?
+
+For each training seed it trains the demo's striped circle (5 cut-out photos, `cdvideo train` with the
+Shapes defaults and nothing else), then scores with the world's exact scorer, at the shipped sampler:
+
+- identity: stripes in "a <tok> circle";
+- headphones: stripes AND headphones AND circle in "a <tok> circle wearing headphones";
+- every other accessory, background, and accessory + background pair: stripes AND the asked parts AND
+  circle, against the base model's rate for the same prompt without the token (bar: 0.85x);
+- plain prompts: accuracy kept on prompts without the token (bar: 0.90 of the base model's);
+- video: share of frames with stripes and headphones in "a <tok> circle wearing headphones moving
+  right" clips (bar 0.75), and the share of clips that move, against the base model's for the same
+  prompts and seeds (bar: within 0.10).
+
+    python benchmarks/composition_bars.py --seeds 0 1 2 --samples 32 --clips 32 --out docs/composition
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import cdvideo
+from cdvideo import concept as concepts
+from cdvideo import loading, presets
+from cdvideo.atomic import write_json_atomic, write_text_atomic
+from cdvideo.demo import write_subject_photos
+from cdvideo.shapes import scorer, world
+
+HEADPHONES = "wearing headphones"
+VIDEO_PROMPT = "{} wearing headphones moving right"
+BARS = {"identity": 0.90, "headphones": 0.80, "relative": 0.85, "plain_kept": 0.90, "video_frames": 0.75}
+
+
+def composition_prompts() -> list[str]:
+    """Every accessory, every background, and every accessory + background pair (headphones alone
+    has its own, absolute bar)."""
+    accessories = [a for a in world.ACCESSORIES if a]
+    backgrounds = [b for b in world.BACKGROUNDS if b]
+    return [*accessories, *backgrounds, *(f"{a} {b}" for a in accessories for b in backgrounds)]
+
+
+def pipelines(folder: Path | None):
+    """Image and video pipelines as `cdvideo animate` builds them, at the family's shipped sampler."""
+    image = loading.load_image_pipeline("shapes")
+    video = loading.video_pipeline(loading.load_image_pipeline("shapes"), loading.load_motion_adapter("shapes"))
+    image.scheduler = presets.make_scheduler("shapes", None, image.scheduler.config, video=False)
+    video.scheduler = presets.make_scheduler("shapes", None, video.scheduler.config)
+    for pipe in (image, video):
+        pipe.set_progress_bar_config(disable=True)
+    if folder is not None:
+        manifest = concepts.load_concept(folder)
+        concepts.apply_concept(image, folder, manifest)
+        concepts.apply_concept(video, folder, manifest)
+    return image, video
+
+
+def right(score, phrase: str, subject: bool) -> bool:
+    """Class, the phrase's accessory and background, and (for a concept) the stripes, all right."""
+    parsed = {"accessory": "", "background": ""}
+    for accessory in world.ACCESSORIES:
+        if accessory and accessory in phrase:
+            parsed["accessory"] = accessory
+    for background in world.BACKGROUNDS:
+        if background and background in phrase:
+            parsed["background"] = background
+    return (
+        score.cls == "circle"
+        and score.accessory == parsed["accessory"]
+        and (score.background or "") == parsed["background"]
+        and (score.pattern or not subject)
+    )
+
+
+def images(pipe, prompt: str, n: int, seed: int) -> list:
+    preset = presets.SHAPES
+    return scorer.sample_and_score(pipe, prompt, n, steps=preset.steps, guidance=preset.guidance, seed=seed)
+
+
+def clips(pipe, prompt: str, n: int, seed: int, batch: int = 8) -> list:
+    preset, out = presets.SHAPES, []
+    for start in range(0, n, batch):
+        frames = pipe([prompt] * min(batch, n - start), num_frames=preset.frames, num_inference_steps=preset.steps,
+                      guidance_scale=preset.guidance, generator=torch.Generator().manual_seed(seed + start),
+                      output_type="pt", height=64, width=64).frames  # fmt: skip
+        out += scorer.score_clips(frames.float(), expected_cls=["circle"] * len(frames))
+    return out
+
+
+def measure(folder: Path | None, samples: int, n_clips: int) -> dict:
+    """Rates for a concept (folder) or, with None, the base model's for the class word alone."""
+    image, video = pipelines(folder)
+    subject = f"{concepts.load_concept(folder).token} circle" if folder else "circle"
+    is_concept = folder is not None
+    rates = {}
+    alone = images(image, f"a {subject}", samples, 100)
+    rates["identity"] = float(np.mean([s.pattern for s in alone]))
+    for i, phrase in enumerate([HEADPHONES, *composition_prompts()]):
+        scores = images(image, f"a {subject} {phrase}", samples, 200 + i)
+        rates[phrase] = float(np.mean([right(s, phrase, is_concept) for s in scores]))
+    rates["plain_accuracy"] = scorer.plain_accuracy(
+        image, samples, steps=presets.SHAPES.steps, guidance=presets.SHAPES.guidance, seed=300
+    )
+    if n_clips:
+        scored = clips(video, VIDEO_PROMPT.format(f"a {subject}"), n_clips, 400)
+        frames = [f for c in scored for f in c.frames]
+        rates["video_frames"] = float(np.mean([(f.pattern or not is_concept) and f.accessory == HEADPHONES
+                                               for f in frames]))  # fmt: skip
+        rates["moving"] = float(np.mean([c.motion != "" for c in scored]))
+        rates["moving_right"] = float(np.mean([c.motion == "moving right" for c in scored]))
+    return rates
+
+
+def train_seed(seed: int, work: Path) -> Path:
+    photos = work / "photos"
+    if not photos.exists():
+        write_subject_photos(photos, seed=0)
+    return cdvideo.train(
+        cdvideo.TrainConfig(images=[str(photos)], class_word="circle", base="shapes", output=str(work / f"s{seed}"),
+                            seed=seed),  # fmt: skip
+        say=lambda s: None,
+        progress=False,
+    )
+
+
+def verdicts(base: dict, runs: list[dict]) -> list[tuple[str, float, str, bool]]:
+    """(bar, measured mean over seeds, threshold, met) for every bar."""
+    mean = {key: float(np.mean([r[key] for r in runs])) for key in runs[0]}
+    rows = [
+        ("identity: stripes in 'a <tok> circle'", mean["identity"], ">= 0.90", mean["identity"] >= BARS["identity"]),
+        ("'a <tok> circle wearing headphones': stripes + headphones + circle", mean[HEADPHONES], ">= 0.80",
+         mean[HEADPHONES] >= BARS["headphones"]),
+    ]  # fmt: skip
+    for phrase in composition_prompts():
+        ceiling = base[phrase]
+        ratio = mean[phrase] / ceiling if ceiling else float("nan")
+        rows.append((f"'{phrase}' vs base {ceiling:.2f}", ratio, ">= 0.85x", ratio >= BARS["relative"]))
+    kept = mean["plain_accuracy"] / base["plain_accuracy"]
+    rows.append(("plain prompts kept", kept, ">= 0.90", kept >= BARS["plain_kept"]))
+    if "video_frames" in mean:
+        rows.append(("video: frames with stripes + headphones", mean["video_frames"], ">= 0.75",
+                     mean["video_frames"] >= BARS["video_frames"]))  # fmt: skip
+        gap = mean["moving"] - base["moving"]
+        rows.append((f"video: clips that move vs base {base['moving']:.2f}", gap, "within 0.10", abs(gap) <= 0.10))
+    return rows
+
+
+def report(out: Path, base: dict, runs: list[dict], command: str, samples: int, n_clips: int) -> str:
+    rows = verdicts(base, runs)
+    lines = [
+        f"Command: `{command}`",
+        "",
+        f"{len(runs)} training seeds at the shipped Shapes settings; {samples} samples per prompt and seed, "
+        f"{n_clips} clips per seed; the world's exact scorer. Values are means over seeds.",
+        "",
+        "| bar | measured | needs | met |",
+        "|---|---|---|---|",
+        *(f"| {name} | {value:.2f} | {need} | {'yes' if ok else 'no'} |" for name, value, need, ok in rows),
+        "",
+        f"Met: {sum(ok for *_, ok in rows)} of {len(rows)}.",
+        "",
+        "Per seed: " + "; ".join(
+            f"seed {r['seed']}: identity {r['identity']:.2f}, headphones {r[HEADPHONES]:.2f}, "
+            f"plain {r['plain_accuracy']:.2f}" + (f", video frames {r['video_frames']:.2f}, moving {r['moving']:.2f}"
+                                                 if "video_frames" in r else "")  # fmt: skip
+            for r in runs
+        ),
+    ]
+    text = "\n".join(lines) + "\n"
+    write_text_atomic(out / "bars.md", text)
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--samples", type=int, default=32, help="images per prompt and seed")
+    parser.add_argument("--clips", type=int, default=32, help="clips per seed (0: images only)")
+    parser.add_argument("--out", default="docs/composition")
+    parser.add_argument("--work", help="folder for the trained concepts (default: a temporary one)")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    command = "python " + shlex.join(sys.argv)
+    work = Path(args.work or tempfile.mkdtemp(prefix="cdvideo-bars-"))
+    results = out / "results.json"
+    saved = json.loads(results.read_text()) if results.exists() else {}
+    settings = {"samples": args.samples, "clips": args.clips, "sampler": presets.SHAPES.sampler,
+                "steps": presets.SHAPES.steps}  # fmt: skip
+    if saved.get("settings") != settings:
+        saved = {"settings": settings, "runs": {}}
+    if "base" not in saved:
+        start = time.time()
+        saved["base"] = measure(None, args.samples, args.clips)
+        print(f"base model measured in {time.time() - start:.0f} s: {json.dumps(saved['base'])}", flush=True)
+        write_json_atomic(results, saved)
+    for seed in args.seeds:
+        if str(seed) in saved["runs"]:
+            continue
+        start = time.time()
+        folder = train_seed(seed, work)
+        rates = {"seed": seed, **measure(folder, args.samples, args.clips), "seconds": round(time.time() - start)}
+        saved["runs"][str(seed)] = rates
+        print(json.dumps(rates), flush=True)
+        write_json_atomic(results, saved)
+    runs = [saved["runs"][str(s)] for s in args.seeds]
+    print(report(out, saved["base"], runs, command, args.samples, args.clips))
+
+
+if __name__ == "__main__":
+    main()
