@@ -169,18 +169,19 @@ def test_report_from_rendered_videos_scores_identity_text_motion_drift_and_the_w
     left, right = report["prompts"]
     assert left["text_prompt"] == "a circle wearing headphones moving left"  # text scores never see the token
     for row in (left, right):
-        for key, value in row["scores"].items():
-            if key != "motion":
-                assert -1.0 <= value <= 1.0, key
         assert row["scores"]["clip_i_worst"] <= row["scores"]["clip_i"]
+        assert row["scores"]["dynamic"] is None and row["scores"]["flow"] is None  # the world reads motion exactly
+    # A clip standing still is (up to codec noise) one frame repeated: consistent with itself.
+    assert right["scores"]["subject_consistency"] == pytest.approx(1.0, abs=2e-3)
+    assert right["scores"]["frame_consistency"] == pytest.approx(1.0, abs=2e-3)
     assert left["videos"][0]["file"].startswith(str(drawn_videos))
     # The world's exact scorer: the subject with the asked accessory and motion, then a frozen one.
-    assert left["shapes"] == {"subject_ok": 1.0, "accessory_ok": 1.0, "background_ok": 1.0, "motion_ok": 1.0,
-                              "composition": 1.0}  # fmt: skip
+    assert left["shapes"] == {"subject_ok": 1.0, "class_kept": 1.0, "accessory_ok": 1.0, "background_ok": 1.0,
+                              "motion_ok": 1.0, "composition": 1.0}  # fmt: skip
     assert right["shapes"]["subject_ok"] == 1.0 and right["shapes"]["motion_ok"] == 0.0
     # The base model's video is held to the class word alone (its composition is the ceiling).
-    assert right["base_shapes"] == {"subject_ok": 1.0, "accessory_ok": 1.0, "background_ok": 1.0, "motion_ok": 1.0,
-                                    "composition": 1.0}  # fmt: skip
+    assert right["base_shapes"] == {"subject_ok": 1.0, "class_kept": 1.0, "accessory_ok": 1.0, "background_ok": 1.0,
+                                    "motion_ok": 1.0, "composition": 1.0}  # fmt: skip
     assert right["videos"][0]["base_shapes"]["pattern_frames"] == 0.0  # a plain circle, not the subject
     assert right["flags"] == ["freezes"] and left["flags"] == []
     assert right["scores"]["motion"] < 0.1 * right["base"]["motion"]  # still, up to codec noise
@@ -190,6 +191,30 @@ def test_report_from_rendered_videos_scores_identity_text_motion_drift_and_the_w
     assert -1.0 <= report["overall"]["drift"] < 1.0
     md = (out / "report.md").read_text()
     assert "| a <new1> circle moving right |" in md and "freezes" in md and backbones["dino"] in md
+
+
+def test_backbone_scores_are_one_for_the_same_image_and_lower_for_another(drawn_concept, backbones):
+    """Identity and consistency read the right pairs: a clip of the photo itself scores 1.0 on every
+    cosine, and a clip whose later frames show something else scores less on each."""
+    from cdvideo import metrics
+    from cdvideo.backbones import Backbones
+
+    bb = Backbones(backbones["clip"], backbones["dino"], backbones["blip"], torch.device("cpu"))
+    photo = np.asarray(concepts.load_photos(drawn_concept)[0].convert("RGB"))
+    photos = {"clip": bb.clip_images([Image.fromarray(photo)]), "dino": bb.dino_images([Image.fromarray(photo)])}
+    same = metrics.video_scores(bb, np.stack([photo] * 4), photos, "a circle")
+    for key in ("clip_i", "clip_i_worst", "dino_i", "dino_i_worst", "frame_consistency", "subject_consistency"):
+        assert same[key] == pytest.approx(1.0, abs=1e-5), key
+    other = np.ascontiguousarray(255 - photo[::-1])  # colours inverted, upside down
+    mixed = metrics.video_scores(bb, np.stack([photo, photo, other, other]), photos, "a circle")
+    for key in ("clip_i", "dino_i", "frame_consistency", "subject_consistency"):
+        assert mixed[key] < same[key] - 1e-3, key
+    assert mixed["clip_i_worst"] < mixed["clip_i"] and mixed["dino_i_worst"] < mixed["dino_i"]
+    # VBench's subject consistency: frames 2 and 3 are `other`, so frame 1 scores 1, frame 2 scores
+    # (c + c) / 2 and frame 3 scores (c + 1) / 2, with c = max(0, cos(photo, other)).
+    d = bb.dino_images([Image.fromarray(photo), Image.fromarray(other)])
+    c = max(0.0, float(d[0] @ d[1]))
+    assert mixed["subject_consistency"] == pytest.approx((1 + c + (c + 1) / 2) / 3, abs=1e-5)
 
 
 def test_a_concept_without_photos_is_one_clear_error(drawn_concept, tmp_path, capsys):
