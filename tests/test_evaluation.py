@@ -7,6 +7,7 @@ Videos for the fast tests are drawn by the Shapes world itself, so the world's s
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -381,3 +382,69 @@ def test_metrics_keep_one_row_per_step_across_restart_and_resume(tmp_path):
         "cosine": pytest.approx(0.966667),
     }
     assert Image.open(plot_curves(tmp_path)).format == "PNG"
+
+
+@pytest.fixture(scope="module")
+def trained_concept(tmp_path_factory) -> Path:
+    """A real Shapes concept, trained briefly (no prior images, to stay cheap)."""
+    from cdvideo.demo import write_subject_photos
+
+    folder = tmp_path_factory.mktemp("trained")
+    write_subject_photos(folder / "photos", count=3)
+    return cdvideo.train(
+        cdvideo.TrainConfig(images=[str(folder / "photos")], class_word="circle", base="shapes",
+                            output=str(folder / "concept"), steps=2, batch_size=2, prior_weight=0.0),
+        say=lambda _: None,
+        progress=False,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_eval_on_shapes_runs_offline_with_no_flags_and_names_the_skipped_backbones(
+    trained_concept, tmp_path, capsys, monkeypatch
+):
+    from huggingface_hub import try_to_load_from_cache
+
+    from cdvideo import backbones, rendering
+
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"  # the hub is unreachable, as for a user offline
+    for key, repo in backbones.DEFAULTS.items():
+        if isinstance(try_to_load_from_cache(repo, "config.json"), str):  # a machine that has it: hide it
+            monkeypatch.setitem(backbones.DEFAULTS, key, f"cdvideo-tests/absent-{key}")
+    builds = []
+    real_build = rendering.build_pipeline
+    monkeypatch.setattr(rendering, "build_pipeline", lambda *a, **k: builds.append(1) or real_build(*a, **k))
+    prompts = tmp_path / "prompts.yaml"
+    prompts.write_text("composition:\n  - a {} wearing a hat moving left\n")
+    out = tmp_path / "eval"
+    code, stdout, err = run_cli(
+        ["eval", str(trained_concept), "--prompts", str(prompts), "--frames", "4", "--steps", "1",
+         "--output", str(out)],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    # One pipeline for the base model's clips and one for the concept's, not one per clip.
+    assert len(builds) == 2
+    assert "2/2" in err and "clip" in err  # the progress bar counted every clip
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["skipped"]) == {"CLIP", "DINO", "BLIP"}
+    for key, name in (("CLIP", "clip"), ("DINO", "dino"), ("BLIP", "blip")):
+        assert backbones.DEFAULTS[name] in report["skipped"][key]
+        assert f"skipped {key}: {backbones.DEFAULTS[name]}" in stdout
+    assert report["overall"]["scores"]["clip_i"] is None and report["overall"]["scores"]["dino_i"] is None
+    md = (out / "report.md").read_text()
+    assert "Skipped: CLIP:" in md and "BLIP" in md
+    # The world's exact scorer, per prompt and overall, for the concept and for the base model.
+    for row in report["prompts"]:
+        assert set(row["shapes"]) == set(evaluation.SHAPES_RATES) and set(row["base_shapes"]) == set(row["shapes"])
+        assert 0.0 <= row["shapes"]["class_kept"] <= 1.0
+        video = row["videos"][0]
+        assert video["frames"] == 4
+        # Motion amount from the object's track, and the flag: fewer pixels per frame than the base clip.
+        assert video["moves_less"] == (video["shapes"]["travel_px"] < video["base_shapes"]["travel_px"])
+        assert row["moving_less"] == int(video["moves_less"])
+    assert report["overall"]["videos_moving_less"] == sum(r["moving_less"] for r in report["prompts"])
+    assert "moves less" in report["rules"] and "travel" in report["rules"]["moves less"]
+    # Drift: the training phrase's concept-class cosine, as training measured it.
+    assert report["overall"]["drift"] == pytest.approx(concepts.load_concept(trained_concept).drift, abs=1e-4)
+    assert f"drift {report['overall']['drift']:.3f}" in stdout and "composition" in stdout
