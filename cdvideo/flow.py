@@ -116,8 +116,24 @@ def lucas_kanade(
             safe = torch.where(ok, det, torch.ones_like(det))
             du = torch.where(ok, (-syy * sxt + sxy * syt) / safe, torch.zeros_like(det))
             dv = torch.where(ok, (sxy * sxt - sxx * syt) / safe, torch.zeros_like(det))
-            flow = flow + torch.cat([du, dv], 1).clamp(-2, 2)
+            # Smoothing the update spreads the flow of textured windows into flat, occluded and newly
+            # revealed ones, where the least squares alone is ill-posed and diverges.
+            flow = _interior(_median_blur(flow + torch.cat([du, dv], 1).clamp(-1, 1)), window // 2)
     return flow
+
+
+def _interior(flow: torch.Tensor, margin: int) -> torch.Tensor:
+    """The border band (where content enters or leaves the frame, and windows leave it) takes the flow of
+    the nearest interior pixel: there the least squares has nothing to match and drifts."""
+    if min(flow.shape[-2:]) <= 4 * margin:
+        return flow
+    return F.pad(flow[..., margin:-margin, margin:-margin], (margin,) * 4, mode="replicate")
+
+
+def _median_blur(x: torch.Tensor, size: int = 5) -> torch.Tensor:
+    n, c, h, w = x.shape
+    patches = F.unfold(F.pad(x, (size // 2,) * 4, mode="replicate"), size)
+    return patches.view(n, c, size * size, h * w).median(2).values.view(n, c, h, w)
 
 
 def load_flow(device: torch.device) -> tuple[FlowEstimator, str | None]:
@@ -145,10 +161,11 @@ def dynamic_degree(frames: np.ndarray, estimator: FlowEstimator) -> dict:
     if len(frames) < 2:
         return {"dynamic": False, "flow": 0.0}
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0
+    first, second = x[:-1], x[1:]
     flows = torch.cat(
         [
-            estimator.flow(x[i : i + _PAIRS_PER_BATCH], x[i + 1 : i + 1 + _PAIRS_PER_BATCH])
-            for i in range(0, len(x) - 1, _PAIRS_PER_BATCH)
+            estimator.flow(first[i : i + _PAIRS_PER_BATCH], second[i : i + _PAIRS_PER_BATCH])
+            for i in range(0, len(first), _PAIRS_PER_BATCH)
         ]
     )
     threshold, needed = thresholds(x.shape[-2], x.shape[-1], len(x))
