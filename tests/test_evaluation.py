@@ -448,3 +448,18 @@ def test_eval_on_shapes_runs_offline_with_no_flags_and_names_the_skipped_backbon
     # Drift: the training phrase's concept-class cosine, as training measured it.
     assert report["overall"]["drift"] == pytest.approx(concepts.load_concept(trained_concept).drift, abs=1e-4)
     assert f"drift {report['overall']['drift']:.3f}" in stdout and "composition" in stdout
+
+
+@pytest.mark.parametrize("flags", [[], ["--dino", "cdvideo-tests/absent-dino"]])
+def test_on_sd15_a_backbone_that_does_not_load_is_one_clear_line(drawn_concept, tmp_path, capsys, flags):
+    """Without the world's scorer the backbones are the measure: a default or named one that will not load
+    (offline here) stops eval with one line that says how to skip it, not a report missing its columns."""
+    sd = tmp_path / "sd-concept"
+    shutil.copytree(drawn_concept, sd)
+    manifest = json.loads((sd / concepts.MANIFEST).read_text())
+    (sd / concepts.MANIFEST).write_text(json.dumps({**manifest, "base": "stable-diffusion-v1-5/stable-diffusion-v1-5"}))
+    clip = ["--clip", "none", "--blip", "none"] if flags else []
+    code, _, err = run_cli(["eval", str(sd), "--output", str(tmp_path / "e"), *clip, *flags], capsys)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    which = "DINO backbone 'cdvideo-tests/absent-dino'" if flags else "CLIP backbone 'openai/clip-vit-base-patch32'"
+    assert which in err and ("--dino none" if flags else "--clip none") in err
