@@ -157,7 +157,8 @@ def _eval_parser(sub) -> None:
     p.add_argument("--base-config")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--device")
-    # Defaults live in cdvideo.evaluation (the DreamBench backbones); importing it here would load torch.
+    # Defaults live in cdvideo.backbones; importing it here would load torch. On --base shapes concepts a
+    # default that is not on this machine is skipped and named; a named one must load.
     p.add_argument("--clip", help="CLIP hub id or local folder (default openai/clip-vit-base-patch32; none = skip)")
     p.add_argument("--dino", help="DINO (ViT or DINOv2) hub id or local folder (default facebook/dino-vits16)")
     p.add_argument("--blip", help="BLIP retrieval hub id or local folder (default Salesforce/blip-itm-large-coco)")

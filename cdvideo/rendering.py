@@ -147,8 +147,15 @@ def render_clip(pipe, cfg: AnimateConfig, prompt: str, seed: int):
     ).frames[0]
 
 
-def animate(cfg: AnimateConfig, say: Callable[[str], None] = print, progress: bool = True) -> list[Video]:
-    """Render every prompt x seed; returns the videos with the paths written."""
+def animate(
+    cfg: AnimateConfig,
+    say: Callable[[str], None] = print,
+    progress: bool = True,
+    on_video: Callable[[Video], None] | None = None,
+) -> list[Video]:
+    """Render every prompt x seed with one pipeline; returns the videos with the paths written.
+
+    `on_video` is called as each video is written (eval's progress bar counts clips with it)."""
     found = _find_concept(cfg, say)
     folder, concept = found if found else (None, None)
     cfg = resolve(cfg, concept)
@@ -208,6 +215,8 @@ def animate(cfg: AnimateConfig, say: Callable[[str], None] = print, progress: bo
             write_json_atomic(files["json"], settings)
             videos.append(Video(prompt, rendered, seed, files, frames, time.time() - start))
             say(f"wrote {files['mp4']} and {files['gif']}")
+            if on_video:
+                on_video(videos[-1])
     share.wait_for_everyone()
     # A process split holds only its own share of the frames, so sheets come from one-process runs.
     if share.count == 1 and len(videos) > 1:

@@ -7,6 +7,7 @@ Videos for the fast tests are drawn by the Shapes world itself, so the world's s
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -169,18 +170,19 @@ def test_report_from_rendered_videos_scores_identity_text_motion_drift_and_the_w
     left, right = report["prompts"]
     assert left["text_prompt"] == "a circle wearing headphones moving left"  # text scores never see the token
     for row in (left, right):
-        for key, value in row["scores"].items():
-            if key != "motion":
-                assert -1.0 <= value <= 1.0, key
         assert row["scores"]["clip_i_worst"] <= row["scores"]["clip_i"]
+        assert row["scores"]["dynamic"] is None and row["scores"]["flow"] is None  # the world reads motion exactly
+    # A clip standing still is (up to codec noise) one frame repeated: consistent with itself.
+    assert right["scores"]["subject_consistency"] == pytest.approx(1.0, abs=2e-3)
+    assert right["scores"]["frame_consistency"] == pytest.approx(1.0, abs=2e-3)
     assert left["videos"][0]["file"].startswith(str(drawn_videos))
     # The world's exact scorer: the subject with the asked accessory and motion, then a frozen one.
-    assert left["shapes"] == {"subject_ok": 1.0, "accessory_ok": 1.0, "background_ok": 1.0, "motion_ok": 1.0,
-                              "composition": 1.0}  # fmt: skip
+    assert left["shapes"] == {"subject_ok": 1.0, "class_kept": 1.0, "accessory_ok": 1.0, "background_ok": 1.0,
+                              "motion_ok": 1.0, "composition": 1.0}  # fmt: skip
     assert right["shapes"]["subject_ok"] == 1.0 and right["shapes"]["motion_ok"] == 0.0
     # The base model's video is held to the class word alone (its composition is the ceiling).
-    assert right["base_shapes"] == {"subject_ok": 1.0, "accessory_ok": 1.0, "background_ok": 1.0, "motion_ok": 1.0,
-                                    "composition": 1.0}  # fmt: skip
+    assert right["base_shapes"] == {"subject_ok": 1.0, "class_kept": 1.0, "accessory_ok": 1.0, "background_ok": 1.0,
+                                    "motion_ok": 1.0, "composition": 1.0}  # fmt: skip
     assert right["videos"][0]["base_shapes"]["pattern_frames"] == 0.0  # a plain circle, not the subject
     assert right["flags"] == ["freezes"] and left["flags"] == []
     assert right["scores"]["motion"] < 0.1 * right["base"]["motion"]  # still, up to codec noise
@@ -190,6 +192,30 @@ def test_report_from_rendered_videos_scores_identity_text_motion_drift_and_the_w
     assert -1.0 <= report["overall"]["drift"] < 1.0
     md = (out / "report.md").read_text()
     assert "| a <new1> circle moving right |" in md and "freezes" in md and backbones["dino"] in md
+
+
+def test_backbone_scores_are_one_for_the_same_image_and_lower_for_another(drawn_concept, backbones):
+    """Identity and consistency read the right pairs: a clip of the photo itself scores 1.0 on every
+    cosine, and a clip whose later frames show something else scores less on each."""
+    from cdvideo import metrics
+    from cdvideo.backbones import Backbones
+
+    bb = Backbones(backbones["clip"], backbones["dino"], backbones["blip"], torch.device("cpu"))
+    photo = np.asarray(concepts.load_photos(drawn_concept)[0].convert("RGB"))
+    photos = {"clip": bb.clip_images([Image.fromarray(photo)]), "dino": bb.dino_images([Image.fromarray(photo)])}
+    same = metrics.video_scores(bb, np.stack([photo] * 4), photos, "a circle")
+    for key in ("clip_i", "clip_i_worst", "dino_i", "dino_i_worst", "frame_consistency", "subject_consistency"):
+        assert same[key] == pytest.approx(1.0, abs=1e-5), key
+    other = np.ascontiguousarray(255 - photo[::-1])  # colours inverted, upside down
+    mixed = metrics.video_scores(bb, np.stack([photo, photo, other, other]), photos, "a circle")
+    for key in ("clip_i", "dino_i", "frame_consistency", "subject_consistency"):
+        assert mixed[key] < same[key] - 1e-3, key
+    assert mixed["clip_i_worst"] < mixed["clip_i"] and mixed["dino_i_worst"] < mixed["dino_i"]
+    # VBench's subject consistency: frames 2 and 3 are `other`, so frame 1 scores 1, frame 2 scores
+    # (c + c) / 2 and frame 3 scores (c + 1) / 2, with c = max(0, cos(photo, other)).
+    d = bb.dino_images([Image.fromarray(photo), Image.fromarray(other)])
+    c = max(0.0, float(d[0] @ d[1]))
+    assert mixed["subject_consistency"] == pytest.approx((1 + c + (c + 1) / 2) / 3, abs=1e-5)
 
 
 def test_a_concept_without_photos_is_one_clear_error(drawn_concept, tmp_path, capsys):
@@ -356,3 +382,84 @@ def test_metrics_keep_one_row_per_step_across_restart_and_resume(tmp_path):
         "cosine": pytest.approx(0.966667),
     }
     assert Image.open(plot_curves(tmp_path)).format == "PNG"
+
+
+@pytest.fixture(scope="module")
+def trained_concept(tmp_path_factory) -> Path:
+    """A real Shapes concept, trained briefly (no prior images, to stay cheap)."""
+    from cdvideo.demo import write_subject_photos
+
+    folder = tmp_path_factory.mktemp("trained")
+    write_subject_photos(folder / "photos", count=3)
+    return cdvideo.train(
+        cdvideo.TrainConfig(images=[str(folder / "photos")], class_word="circle", base="shapes",
+                            output=str(folder / "concept"), steps=2, batch_size=2, prior_weight=0.0),
+        say=lambda _: None,
+        progress=False,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_eval_on_shapes_runs_offline_with_no_flags_and_names_the_skipped_backbones(
+    trained_concept, tmp_path, capsys, monkeypatch
+):
+    from huggingface_hub import try_to_load_from_cache
+
+    from cdvideo import backbones, rendering
+
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"  # the hub is unreachable, as for a user offline
+    for key, repo in backbones.DEFAULTS.items():
+        if isinstance(try_to_load_from_cache(repo, "config.json"), str):  # a machine that has it: hide it
+            monkeypatch.setitem(backbones.DEFAULTS, key, f"cdvideo-tests/absent-{key}")
+    builds = []
+    real_build = rendering.build_pipeline
+    monkeypatch.setattr(rendering, "build_pipeline", lambda *a, **k: builds.append(1) or real_build(*a, **k))
+    prompts = tmp_path / "prompts.yaml"
+    prompts.write_text("composition:\n  - a {} wearing a hat moving left\n")
+    out = tmp_path / "eval"
+    code, stdout, err = run_cli(
+        ["eval", str(trained_concept), "--prompts", str(prompts), "--frames", "4", "--steps", "1",
+         "--output", str(out)],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    # One pipeline for the base model's clips and one for the concept's, not one per clip.
+    assert len(builds) == 2
+    assert "2/2" in err and "clip" in err  # the progress bar counted every clip
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["skipped"]) == {"CLIP", "DINO", "BLIP"}
+    for key, name in (("CLIP", "clip"), ("DINO", "dino"), ("BLIP", "blip")):
+        assert backbones.DEFAULTS[name] in report["skipped"][key]
+        assert f"skipped {key}: {backbones.DEFAULTS[name]}" in stdout
+    assert report["overall"]["scores"]["clip_i"] is None and report["overall"]["scores"]["dino_i"] is None
+    md = (out / "report.md").read_text()
+    assert "Skipped: CLIP:" in md and "BLIP" in md
+    # The world's exact scorer, per prompt and overall, for the concept and for the base model.
+    for row in report["prompts"]:
+        assert set(row["shapes"]) == set(evaluation.SHAPES_RATES) and set(row["base_shapes"]) == set(row["shapes"])
+        assert 0.0 <= row["shapes"]["class_kept"] <= 1.0
+        video = row["videos"][0]
+        assert video["frames"] == 4
+        # Motion amount from the object's track, and the flag: fewer pixels per frame than the base clip.
+        assert video["moves_less"] == (video["shapes"]["travel_px"] < video["base_shapes"]["travel_px"])
+        assert row["moving_less"] == int(video["moves_less"])
+    assert report["overall"]["videos_moving_less"] == sum(r["moving_less"] for r in report["prompts"])
+    assert "moves less" in report["rules"] and "travel" in report["rules"]["moves less"]
+    # Drift: the training phrase's concept-class cosine, as training measured it.
+    assert report["overall"]["drift"] == pytest.approx(concepts.load_concept(trained_concept).drift, abs=1e-4)
+    assert f"drift {report['overall']['drift']:.3f}" in stdout and "composition" in stdout
+
+
+@pytest.mark.parametrize("flags", [[], ["--dino", "cdvideo-tests/absent-dino"]])
+def test_on_sd15_a_backbone_that_does_not_load_is_one_clear_line(drawn_concept, tmp_path, capsys, flags):
+    """Without the world's scorer the backbones are the measure: a default or named one that will not load
+    (offline here) stops eval with one line that says how to skip it, not a report missing its columns."""
+    sd = tmp_path / "sd-concept"
+    shutil.copytree(drawn_concept, sd)
+    manifest = json.loads((sd / concepts.MANIFEST).read_text())
+    (sd / concepts.MANIFEST).write_text(json.dumps({**manifest, "base": "stable-diffusion-v1-5/stable-diffusion-v1-5"}))
+    clip = ["--clip", "none", "--blip", "none"] if flags else []
+    code, _, err = run_cli(["eval", str(sd), "--output", str(tmp_path / "e"), *clip, *flags], capsys)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    which = "DINO backbone 'cdvideo-tests/absent-dino'" if flags else "CLIP backbone 'openai/clip-vit-base-patch32'"
+    assert which in err and ("--dino none" if flags else "--clip none") in err
