@@ -45,6 +45,8 @@ class Preset:
     # after the class word, so the concept cannot live in the sentence-final text states.
     caption_variety: float = 0.0
     caption_phrases: tuple[str, ...] = ()
+    # Masked photos: weight of matching the base model's class prediction around the subject.
+    context_weight: float = 0.0
 
 
 SD15 = Preset(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -54,6 +55,8 @@ class TrainConfig:
     # Subject masks from the photos' alpha channels: None = when every photo has one.
     masked_loss: bool | None = None
     caption_variety: float | None = None  # share of masked subject captions given a phrase after the class word
+    # Outside the subject's mask, match the base model's prediction for the class phrase (0 = off).
+    context_weight: float | None = None
     seed: int = 0
     prior_weight: float | None = None  # > 0 enables prior preservation
     class_images: str | None = None  # a `name.txt` beside `name.png` is that image's prompt (kohya style)
@@ -85,6 +88,7 @@ class TrainConfig:
             ("prior_weight", preset.prior_weight),
             ("num_class_images", preset.num_class_images),
             ("caption_variety", preset.caption_variety),
+            ("context_weight", preset.context_weight),
         ):
             if values[name] is None:
                 values[name] = default
@@ -245,6 +249,22 @@ def _subject_captions(batch: dict, picks: torch.Tensor, generator) -> torch.Tens
     return rows
 
 
+def _masked_mean(errors: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per item, the mean of `errors` (N, C, H, W) over the pixels `mask` (N, 1, H, W) weighs."""
+    return (errors * mask).sum(dim=(1, 2, 3)) / (mask.sum(dim=(1, 2, 3)) * errors.shape[1]).clamp_min(1e-6)
+
+
+@contextmanager
+def _base_model(unet):
+    """The UNet without its LoRA, for as long as the block runs."""
+    model = getattr(unet, "module", unet)  # under DDP
+    model.disable_adapters()
+    try:
+        yield
+    finally:
+        model.enable_adapters()
+
+
 def _batch_loss(cfg, batch, unet, text_encoder, noise_scheduler, generator, scaling_factor):
     """One batch of the ClassDiffusion objective; returns (loss, its parts, the concept's EOS features)."""
     instance_mean, instance_std = batch["instance"]
@@ -276,18 +296,24 @@ def _batch_loss(cfg, batch, unet, text_encoder, noise_scheduler, generator, scal
     prediction = unet(noisy, timesteps, hidden).sample
     target = _diffusion_target(noise_scheduler, latents, noise, timesteps)
     errors = F.mse_loss(prediction.float(), target.float(), reduction="none")
+    context = torch.zeros((), device=device)
     if batch["masks"] is not None:
-        # Only the subject is taught: the background and anything beside the subject stay the base
-        # model's, so "on grass" or "wearing headphones" are not unlearned.
+        # The photos teach only the subject. Around it the concept prompt is taught what the base
+        # model draws for the class prompt with the same words, so "on grass" or "wearing a hat"
+        # keep their meaning next to the token.
         mask = batch["masks"][picks]
-        subject = (errors[: cfg.batch_size] * mask).sum(dim=(1, 2, 3)) / (mask.sum(dim=(1, 2, 3)) * errors.shape[1])
-        mse = subject.mean()
+        mse = _masked_mean(errors[: cfg.batch_size], mask).mean()
+        if cfg.context_weight:
+            with torch.no_grad(), _base_model(unet):
+                teacher = unet(noisy[: cfg.batch_size], timesteps[: cfg.batch_size], batch["teacher_hidden"][rows])
+            gap = (prediction[: cfg.batch_size].float() - teacher.sample.float()) ** 2
+            context = _masked_mean(gap, 1 - mask).mean()
     else:
         mse = errors[: cfg.batch_size].mean()
     prior_loss = errors[cfg.batch_size :].mean() if batch["class"] is not None else torch.zeros((), device=device)
     spl = semantic_preservation_loss(concept_features, batch["class_features"])
-    loss = mse + cfg.prior_weight * prior_loss + cfg.spl_weight * spl
-    return loss, {"mse": mse, "spl": spl, "prior": prior_loss}, concept_features
+    loss = mse + cfg.prior_weight * prior_loss + cfg.spl_weight * spl + cfg.context_weight * context
+    return loss, {"mse": mse, "spl": spl, "prior": prior_loss, "context": context}, concept_features
 
 
 def concept_record(cfg: TrainConfig, steps: int, drift: float | None, metrics: dict) -> Concept:
@@ -453,7 +479,8 @@ def train(
     concept_phrase = f"a photo of a {cfg.token} {cfg.class_word}"
     phrases = presets.preset_for(cfg.base).caption_phrases if cfg.caption_variety else ()
     concept_ids = _tokenize(tokenizer, [concept_phrase, *(f"{concept_phrase} {p}" for p in phrases)], device)
-    class_ids = _tokenize(tokenizer, [f"a photo of a {cfg.class_word}"], device)
+    class_phrase = f"a photo of a {cfg.class_word}"
+    class_ids = _tokenize(tokenizer, [class_phrase], device)
     latent_size = cfg.resolution // 2 ** (len(vae.config.block_out_channels) - 1)
     with torch.no_grad():
         class_features = eos_features(text_encoder, class_ids, eos_id)
@@ -462,6 +489,12 @@ def train(
             "class": _latent_distribution(vae, class_pixels) if class_pixels is not None else None,
             "concept_ids": concept_ids,
             "variety": cfg.caption_variety,
+            # The base model's view of each subject caption: the class phrase with the same words.
+            "teacher_hidden": text_encoder(
+                _tokenize(tokenizer, [class_phrase, *(f"{class_phrase} {p}" for p in phrases)], device)
+            )[0]
+            if cfg.context_weight and cfg.masked_loss
+            else None,
             "masks": data.masks_to_tensor(photos.masks, cfg.flip, latent_size).to(device) if cfg.masked_loss else None,
             "eos_id": eos_id,
             "class_features": class_features,
