@@ -86,8 +86,8 @@ def weights(path: Path, hint: str = "resume from another one or start fresh") ->
     return lora, token_row
 
 
-def resume(out: Path, which: str, weights, embeddings: torch.nn.Parameter, token_id: int, optimizer) -> TrainState:
-    """Load a checkpoint by path or 'latest' into `weights` (a cdvideo.unet_weights LoraWeights or
+def resume(out: Path, which: str, unet_weights, embeddings: torch.nn.Parameter, token_id: int, optimizer) -> TrainState:
+    """Load a checkpoint by path or 'latest' into `unet_weights` (a cdvideo.unet_weights LoraWeights or
     FullWeights) and the token row. A named checkpoint that is missing is an error."""
     if which == "latest":
         path = latest(out)
@@ -102,13 +102,13 @@ def resume(out: Path, which: str, weights, embeddings: torch.nn.Parameter, token
         path, lambda: torch.load(path / "state.pt", weights_only=True), "resume from another one or start fresh"
     )
     lora, token_row = weights(path)
-    expected = {k: v.shape for k, v in weights.state().items()}
+    expected = {k: v.shape for k, v in unet_weights.state().items()}
     if {k: v.shape for k, v in lora.items()} != expected:
         raise UserError(
             f"checkpoint {path} holds a LoRA of another shape (--rank, --lora-targets or --finetune differ): "
             "resume with the settings it was trained with, or start fresh in a new --output"
         )
-    weights.load(lora)
+    unet_weights.load(lora)
     with torch.no_grad():
         embeddings[token_id] = token_row.to(embeddings.device)
     optimizer.load_state_dict(state["optimizer"])

@@ -5,13 +5,13 @@
            script train cross-attention K/V; saved as an exact full-rank LoRA of the weight change
 
 The full fine-tune is stored as a LoRA so a concept stays what `pipe.load_lora_weights(folder)`
-reads: delta = B @ A with r = min(out, in) and one factor the identity, which makes the product
-exact, and alpha = r per module (scale 1), written in the file's `lora_adapter_metadata`.
+reads: delta = B @ A exactly, with one factor the identity (zero-padded), one rank R for every layer
+(the largest min(out, in)) and alpha = R, so the scale is 1. One rank for all: per-layer ranks
+would need rank/alpha patterns, which diffusers' kohya loader and LoRAs read without metadata get
+wrong. The cost is size: SD1.5's 32 K/V layers store 38M numbers for their 19M weights.
 """
 
 from __future__ import annotations
-
-from collections import Counter
 
 import torch
 from peft import LoraConfig
@@ -62,9 +62,11 @@ class FullWeights:
         return {name: module.weight.detach() - self.original[name] for name, module in self.modules.items()}
 
     def state(self) -> dict[str, torch.Tensor]:
+        deltas = self.deltas()
+        rank = max(min(delta.shape) for delta in deltas.values())
         state = {}
-        for name, delta in self.deltas().items():
-            down, up = exact_lora(delta)
+        for name, delta in deltas.items():
+            down, up = exact_lora(delta, rank)
             state[f"{name}.lora_A.weight"] = down
             state[f"{name}.lora_B.weight"] = up
         return state
@@ -76,28 +78,32 @@ class FullWeights:
                 module.weight.copy_(self.original[name] + (up.float() @ down.float()).to(module.weight))
 
 
-def exact_lora(delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(A, B) with B @ A == delta exactly: r = min(out, in), the identity on the smaller side."""
+def exact_lora(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, B), A: (rank, in), B: (out, rank), with B @ A == delta exactly (rank >= min(out, in)):
+    the identity on the smaller side, zero-padded; the padding only ever adds exact zeros."""
     out_features, in_features = delta.shape
+    if rank < min(out_features, in_features):
+        raise ValueError(f"rank {rank} cannot hold a {out_features}x{in_features} change exactly")
     delta = delta.float().cpu()
+    down, up = torch.zeros(rank, in_features), torch.zeros(out_features, rank)
     if in_features <= out_features:
-        return torch.eye(in_features), delta.contiguous()
-    return delta.contiguous(), torch.eye(out_features)
+        down[:in_features] = torch.eye(in_features)
+        up[:, :in_features] = delta
+    else:
+        down[:out_features] = delta
+        up[:, :out_features] = torch.eye(out_features)
+    return down, up
 
 
 def lora_metadata(state: dict[str, torch.Tensor], rank: int, alpha: float, exact: bool) -> dict:
-    """The peft config diffusers reads from `lora_adapter_metadata`: exact module paths (a pattern
+    """The peft config diffusers reads from `lora_adapter_metadata`, with exact module paths (a pattern
     like "to_q" would also match the motion modules' attention once loaded into an AnimateDiff UNet).
-
-    An exact (full fine-tune) state has one rank per module shape and scale 1 everywhere: the
-    commonest rank is `r`, the others go into rank_pattern/alpha_pattern with alpha = their rank.
-    """
-    ranks = {key.rsplit(".lora_A.", 1)[0]: int(t.shape[0]) for key, t in state.items() if ".lora_A." in key}
-    metadata = {"r": rank, "lora_alpha": alpha, "target_modules": sorted(ranks)}
+    An exact (full fine-tune) state has one rank R for all layers and alpha = R: scale 1."""
+    modules = sorted({key.rsplit(".lora_", 1)[0] for key in state})
     if exact:
-        common = Counter(ranks.values()).most_common(1)[0][0]
-        others = {module: r for module, r in sorted(ranks.items()) if r != common}
-        metadata.update(r=common, lora_alpha=float(common))
-        if others:
-            metadata.update(rank_pattern=others, alpha_pattern={m: float(r) for m, r in others.items()})
-    return metadata
+        ranks = {int(t.shape[0]) for key, t in state.items() if ".lora_A." in key}
+        if len(ranks) != 1:
+            raise ValueError(f"an exact LoRA has one rank for every layer, not {sorted(ranks)}")
+        rank = ranks.pop()
+        alpha = float(rank)
+    return {"r": rank, "lora_alpha": alpha, "target_modules": modules}
