@@ -263,6 +263,15 @@ def _mean_cell(values: list) -> str:
     return f"{np.mean(known):.2f}" if known else "n/a"
 
 
+def variant_table(groups: dict[tuple, list[dict]], keys: list[str], order: list[str], count: str = "seeds") -> list:
+    """One row per (variant, steps) group, variants in `order`: each key's mean over the group's rows."""
+    lines = [f"| variant | steps | {count} | " + " | ".join(keys) + " |", "|---|---|---|" + "---|" * len(keys)]
+    for (variant, step), group in sorted(groups.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1])):
+        cells = [_mean_cell([g.get(k) for g in group]) for k in keys]
+        lines.append(f"| {variant} | {step} | {len(group)} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def equal_identity_table(groups: dict[tuple, list[dict]], order: list[str], bar: float = IDENTITY_BAR) -> list[str]:
     """Each variant at the first snapshot whose mean identity reaches `bar`: composition at equal identity."""
     lines = [
@@ -300,13 +309,9 @@ def write_report(out: Path, rows: list[dict], base: dict, command: str) -> None:
         f"headphones {_mean_cell([base['headphones_image']])}; plain prompts' accuracy "
         f"{_mean_cell([base['plain_accuracy']])}.",
         "",
-        "| variant | steps | seeds | " + " | ".join(keys) + " |",
-        "|---|---|---|" + "---|" * len(keys),
     ]
     order = list(VARIANTS)
-    for (variant, step), group in sorted(groups.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1])):
-        cells = [_mean_cell([g[k] for g in group]) for k in keys]
-        lines.append(f"| {variant} | {step} | {len(group)} | " + " | ".join(cells) + " |")
+    lines += variant_table(groups, keys, order)
     lines += ["", *equal_identity_table(groups, order)]
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

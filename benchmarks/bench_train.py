@@ -192,7 +192,7 @@ def worker_reference(args) -> dict:
     token_id, _ = add_token(tokenizer, text_encoder, cfg.token, cfg.class_word)
 
     # Same trainables and optimizer as cdvideo.training.train.
-    embeddings, optimizer = make_trainable(cfg, unet, text_encoder, vae, token_id)
+    embeddings, optimizer, _ = make_trainable(cfg, unet, text_encoder, vae, token_id)
 
     # The "dataset": the same photos (and flips) as tensors; DreamBooth would decode and transform
     # them in its DataLoader every step, which is left out here.

@@ -124,8 +124,9 @@ def train_seed(seed: int, work: Path) -> Path:
     if not photos.exists():
         write_subject_photos(photos, seed=0)
     return cdvideo.train(
-        cdvideo.TrainConfig(images=[str(photos)], class_word="circle", base="shapes", output=str(work / f"s{seed}"),
-                            seed=seed),  # fmt: skip
+        cdvideo.TrainConfig(
+            images=[str(photos)], class_word="circle", base="shapes", output=str(work / f"s{seed}"), seed=seed
+        ),  # fmt: skip
         say=lambda s: None,
         progress=False,
     )
@@ -167,10 +168,13 @@ def report(out: Path, base: dict, runs: list[dict], command: str, samples: int, 
         "",
         f"Met: {sum(ok for *_, ok in rows)} of {len(rows)}.",
         "",
-        "Per seed: " + "; ".join(
+        "Per seed: "
+        + "; ".join(
             f"seed {r['seed']}: identity {r['identity']:.2f}, headphones {r[HEADPHONES]:.2f}, "
-            f"plain {r['plain_accuracy']:.2f}" + (f", video frames {r['video_frames']:.2f}, moving {r['moving']:.2f}"
-                                                 if "video_frames" in r else "")  # fmt: skip
+            f"plain {r['plain_accuracy']:.2f}"
+            + (
+                f", video frames {r['video_frames']:.2f}, moving {r['moving']:.2f}" if "video_frames" in r else ""
+            )  # fmt: skip
             for r in runs
         ),
     ]

@@ -94,10 +94,17 @@ def model_card_text(folder: Path, concept: Concept, repo_id: str | None = None) 
     rows = [
         ("base model", base_name),
         ("token / class word", f"`{concept.token}` / {concept.class_word}"),
-        ("LoRA rank / alpha", f"{concept.rank} / {concept.alpha:g}"),
+        (
+            ("full fine-tune, stored as an exact LoRA: rank / alpha", "min(out, in) / the same (scale 1)")
+            if concept.finetune == "full"
+            else ("LoRA rank / alpha", f"{concept.rank} / {concept.alpha:g}")
+        ),
         ("LoRA targets", ", ".join(f"`{t}`" for t in concept.lora_targets)),
         ("steps / seed", f"{concept.steps} / {concept.seed}"),
-        ("SPL weight / prior weight", f"{concept.spl_weight:g} / {concept.prior_weight:g}"),
+        (
+            "SPL weight / pooling / prior weight",
+            f"{concept.spl_weight:g} / {concept.spl_pooling} / {concept.prior_weight:g}",
+        ),
         ("concept-class cosine (1 = no drift)", drift),
     ]
     table = "| | |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -29,7 +28,7 @@ class TrainState:
 def save(
     out: Path,
     step: int,
-    unet,
+    unet_state: dict[str, torch.Tensor],
     token_row: torch.Tensor,
     optimizer,
     generator: torch.Generator,
@@ -38,11 +37,12 @@ def save(
 ) -> Path:
     """Write checkpoints/step-N atomically (a folder renamed into place), then drop all but the newest `keep`
     (0 keeps every one). `run_files(folder)` adds the run's settings and photos, so `cdvideo eval
-    --checkpoints` can score a run that never finished."""
+    --checkpoints` can score a run that never finished. `unet_state` is the trained UNet weights as a
+    diffusers LoRA state dict (cdvideo/unet_weights.py)."""
     root = out / FOLDER
     final = root / f"step-{step:06d}"
     with atomic_dir(final) as tmp:
-        lora = {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(unet).items()}
+        lora = {k: v.detach().contiguous().cpu() for k, v in unet_state.items()}
         save_file(lora, tmp / "lora.safetensors")
         save_file({"token_row": token_row.detach().contiguous().cpu()}, tmp / "token.safetensors")
         state = {
@@ -86,8 +86,9 @@ def weights(path: Path, hint: str = "resume from another one or start fresh") ->
     return lora, token_row
 
 
-def resume(out: Path, which: str, unet, embeddings: torch.nn.Parameter, token_id: int, optimizer) -> TrainState:
-    """Load a checkpoint by path or 'latest'. A named checkpoint that is missing is an error."""
+def resume(out: Path, which: str, unet_weights, embeddings: torch.nn.Parameter, token_id: int, optimizer) -> TrainState:
+    """Load a checkpoint by path or 'latest' into `unet_weights` (a cdvideo.unet_weights LoraWeights or
+    FullWeights) and the token row. A named checkpoint that is missing is an error."""
     if which == "latest":
         path = latest(out)
         if path is None:
@@ -101,13 +102,13 @@ def resume(out: Path, which: str, unet, embeddings: torch.nn.Parameter, token_id
         path, lambda: torch.load(path / "state.pt", weights_only=True), "resume from another one or start fresh"
     )
     lora, token_row = weights(path)
-    expected = {k: v.shape for k, v in get_peft_model_state_dict(unet).items()}
+    expected = {k: v.shape for k, v in unet_weights.state().items()}
     if {k: v.shape for k, v in lora.items()} != expected:
         raise UserError(
-            f"checkpoint {path} holds a LoRA of another shape (--rank or --lora-targets differ): "
+            f"checkpoint {path} holds a LoRA of another shape (--rank, --lora-targets or --finetune differ): "
             "resume with the settings it was trained with, or start fresh in a new --output"
         )
-    set_peft_model_state_dict(unet, lora)
+    unet_weights.load(lora)
     with torch.no_grad():
         embeddings[token_id] = token_row.to(embeddings.device)
     optimizer.load_state_dict(state["optimizer"])

@@ -40,6 +40,19 @@ def _train_parser(sub) -> None:
     p.add_argument("--token-lr", type=float)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--spl-weight", type=float, help="semantic preservation loss weight (0 = off; default: preset's)")
+    p.add_argument(
+        "--spl-pooling",
+        choices=["eos", "token"],
+        help="where SPL reads each phrase: eos (default) or token (the official ClassDiffusion code's argmax)",
+    )
+    p.add_argument(
+        "--recipe",
+        choices=["classdiffusion"],
+        help="classdiffusion: the official code's recipe (full cross-attention K/V, token from 'ktn', lr 1e-5 x "
+        "batch x processes, batch 2, 500 steps, SPL 1 at the token, no prior); options given still win",
+    )
+    p.add_argument("--finetune", choices=["lora", "full"], help="train a LoRA (default) or the targets' own weights")
+    p.add_argument("--max-grad-norm", type=float, help="clip the gradient norm (default: no clipping)")
     p.add_argument("--no-flip", dest="flip", action="store_false", help="no horizontal-flip augmentation")
     p.add_argument(
         "--masked-loss",

@@ -13,7 +13,7 @@ A stock diffusers pipeline loads the first two with `load_lora_weights` and
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -47,6 +47,11 @@ class Concept:
     drift: float | None = None  # final concept-class cosine (1.0 = no drift)
     prior_weight: float = 0.0
     metrics: dict = field(default_factory=dict)
+    # Where SPL read each phrase (cdvideo.loss.POOLINGS); `drift` is measured at the EOS either way.
+    spl_pooling: str = "eos"
+    # lora, or full: the target weights fine-tuned in full, stored as an exact LoRA of the change
+    # (rank/alpha are then the stored LoRA's commonest rank, scale 1; cdvideo/unet_weights.py).
+    finetune: str = "lora"
     format_version: int = FORMAT_VERSION
 
 
@@ -64,12 +69,11 @@ def save_concept(
     from diffusers import StableDiffusionPipeline
 
     from cdvideo.card import write_model_card  # imported here: the card module imports this one
+    from cdvideo.unet_weights import lora_metadata
 
     folder.mkdir(parents=True, exist_ok=True)
-    # Exact module paths, not patterns: a pattern like "to_q" would also match the motion
-    # modules' attention once the LoRA is loaded into an AnimateDiff UNet.
-    modules = sorted({key.rsplit(".lora_", 1)[0] for key in unet_lora_state})
-    metadata = {"r": concept.rank, "lora_alpha": concept.alpha, "target_modules": modules}
+    metadata = lora_metadata(unet_lora_state, concept.rank, concept.alpha, exact=concept.finetune == "full")
+    concept = replace(concept, rank=metadata["r"], alpha=metadata["lora_alpha"])
     with atomic_path(folder / LORA_FILE) as lora_tmp, atomic_path(folder / EMBEDS_FILE) as embeds_tmp:
         StableDiffusionPipeline.save_lora_weights(
             lora_tmp.parent,

@@ -166,3 +166,55 @@ def make_scheduler(base: str, sampler_name: str | None, base_scheduler_config, v
     scheduler_class = getattr(diffusers, sampler.scheduler_class)
     overrides = {**(preset.scheduler if video else {}), **sampler.scheduler}
     return scheduler_class.from_config(base_scheduler_config, **overrides)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A published method's training settings, laid over the family preset; options given explicitly win."""
+
+    name: str
+    settings: dict
+    # Learning rate per sample, scaled by batch size x processes x gradient accumulation (the
+    # diffusers scripts' --scale_lr) for the UNet weights and the token row, unless given.
+    lr_per_sample: float | None = None
+
+
+# The official ClassDiffusion code (Rbrq03/ClassDiffusion: train_class_diffusion.py,
+# scripts/train_single.sh): Custom Diffusion's full cross-attention K/V fine-tune, the token
+# initialised from "ktn", one AdamW group at 1e-5 x batch x processes x accumulation (the token row
+# gets the same rate), batch 2, 500 steps, gradient norm clipped at 1, SPL weight 1 pooled where its
+# `pooler_output` pools, and no prior (the script skips SPL when prior preservation is on).
+# The same numbers on every family: the recipe exists to compare with the official code, so only
+# the family's resolution and sampler are kept (the Shapes world is 64 px).
+CLASSDIFFUSION = Recipe(
+    name="classdiffusion",
+    settings={
+        "finetune": "full",
+        "lora_targets": ["attn2.to_k", "attn2.to_v"],
+        "init_word": "ktn",
+        "batch_size": 2,
+        "steps": 500,
+        "spl_weight": 1.0,
+        "spl_pooling": "token",
+        "prior_weight": 0.0,
+        "max_grad_norm": 1.0,
+    },
+    lr_per_sample=1e-5,
+)
+RECIPES = {recipe.name: recipe for recipe in (CLASSDIFFUSION,)}
+
+
+def apply_recipe(values: dict, processes: int) -> dict:
+    """Training settings `values` (TrainConfig fields) with the named recipe filling the unset ones."""
+    name = values.get("recipe")
+    if name is None:
+        return values
+    if name not in RECIPES:
+        raise UserError(f"--recipe {name!r} is unknown; known: {', '.join(sorted(RECIPES))}")
+    recipe = RECIPES[name]
+    values = {**values, **{k: v for k, v in recipe.settings.items() if values.get(k) is None}}
+    if recipe.lr_per_sample is not None:
+        lr = recipe.lr_per_sample * values["batch_size"] * processes * values.get("gradient_accumulation", 1)
+        for key in ("lora_lr", "token_lr"):
+            values[key] = lr if values.get(key) is None else values[key]
+    return values

@@ -11,9 +11,13 @@ from cdvideo.errors import UserError
 
 
 def add_token(
-    tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, token: str, init_word: str
+    tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, token: str, init_word: str, vocab_entry: bool = False
 ) -> tuple[int, list[str]]:
-    """Add `token`, initialised as the mean embedding of `init_word`'s tokens. Returns (id, notes)."""
+    """Add `token`, initialised as the mean embedding of `init_word`'s tokens. Returns (id, notes).
+
+    With `vocab_entry`, a word that is several tokens but also one vocabulary entry starts at that
+    entry's row: the official ClassDiffusion script's slow tokenizer read its initializer "ktn" so
+    (SD1.5: the word-start piece `ktn`, id 42170, where the word tokenizes as `k` + `tn</w>`)."""
     if not re.fullmatch(r"\S+", token):
         raise UserError(f"--token {token!r} must be one word without spaces, such as <new1>")
     vocab = tokenizer.get_vocab()
@@ -26,9 +30,13 @@ def add_token(
     init_ids = tokenizer(init_word, add_special_tokens=False).input_ids
     if not init_ids:
         raise UserError(f"--class-word {init_word!r} has no tokens; give a word such as dog")
-    if len(init_ids) > 1:
+    if len(init_ids) > 1 and vocab_entry and init_word in vocab:
+        notes.append(f"token starts at the vocabulary entry {init_word!r} (id {vocab[init_word]})")
+        init_ids = [vocab[init_word]]
+    elif len(init_ids) > 1:
         pieces = tokenizer.convert_ids_to_tokens(init_ids)
-        notes.append(f"class word {init_word!r} is {len(init_ids)} tokens {pieces}: token starts at their mean")
+        word = "init word" if vocab_entry else "class word"
+        notes.append(f"{word} {init_word!r} is {len(init_ids)} tokens {pieces}: token starts at their mean")
     tokenizer.add_tokens([token])
     token_id = tokenizer.convert_tokens_to_ids(token)
     text_encoder.resize_token_embeddings(len(tokenizer))

@@ -2,7 +2,8 @@
 
 Per step: noise-prediction MSE on the subject photos (+ prior loss on class images when
 enabled) + spl_weight * SPL, where SPL = 1 - cos(e("a photo of a <tok> dog"), e("a photo of a
-dog")) at the EOS position. Trainable: LoRA on the UNet and the token's embedding row only.
+dog")) at the EOS position (`spl_pooling="token"`: where the official code pools). Trainable: LoRA
+on the UNet (or, `finetune="full"`, the target layers' own weights) and the token's embedding row only.
 """
 
 from __future__ import annotations
@@ -20,15 +21,23 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from diffusers import DDPMScheduler
 from peft import LoraConfig
-from peft.utils import get_peft_model_state_dict
 from tqdm.auto import tqdm
 
 from cdvideo import checkpoints, data, loading, presets, scaleout, tracking
 from cdvideo.atomic import ensure_writable_dir, write_json_atomic
 from cdvideo.concept import Concept, save_concept, save_photos
 from cdvideo.errors import UserError
-from cdvideo.loss import at_eos, concept_class_cosine, eos_features, semantic_preservation_loss
+from cdvideo.loss import (
+    POOLINGS,
+    at_eos,
+    concept_class_cosine,
+    eos_features,
+    phrase_features,
+    pool,
+    semantic_preservation_loss,
+)
 from cdvideo.prompts import add_token
+from cdvideo.unet_weights import FINETUNES, FullWeights, LoraWeights
 
 LOG_EVERY = 10  # metrics of every step are written, in batches of this many
 CONFIG_FILE = "train_config.json"
@@ -41,7 +50,7 @@ class TrainConfig:
     base: str = presets.SD15_BASE
     output: str = "cdvideo-concept"
     token: str = "<new1>"
-    init_word: str | None = None  # the new token starts as this word's embedding (default: class word)
+    init_word: str | None = None  # the new token starts as this word's (or vocabulary entry's) embedding
     steps: int | None = None
     resolution: int | None = None
     rank: int | None = None
@@ -51,6 +60,10 @@ class TrainConfig:
     token_lr: float | None = None
     batch_size: int | None = None
     spl_weight: float | None = None
+    spl_pooling: str | None = None  # eos (default) | token: where the official ClassDiffusion code pools
+    recipe: str | None = None  # a published method's settings under the options given (presets.RECIPES)
+    finetune: str | None = None  # lora (default) | full: the target layers' own weights
+    max_grad_norm: float | None = None  # clip the gradient norm (default: no clipping)
     flip: bool = True
     # Subject masks from the photos' alpha channels: None = when every photo has one.
     masked_loss: bool | None = None
@@ -74,9 +87,9 @@ class TrainConfig:
     mixed_precision: str = "no"  # no | fp16 | bf16 (autocast; trainable weights stay fp32)
 
     def resolved(self) -> TrainConfig:
-        """Fill unset fields from the base model family's preset."""
+        """Fill unset fields from the recipe, then from the base model family's preset."""
         preset = presets.preset_for(self.base)
-        values = dict(self.__dict__)
+        values = presets.apply_recipe(dict(self.__dict__), scaleout.launched_processes())
         for name, default in (
             ("steps", preset.train_steps),
             ("resolution", preset.resolution),
@@ -105,6 +118,8 @@ class TrainConfig:
             values["alpha"] = float(values["rank"])
         if values["lora_targets"] is None:
             values["lora_targets"] = list(preset.lora_targets)
+        values["spl_pooling"] = values["spl_pooling"] or "eos"
+        values["finetune"] = values["finetune"] or "lora"
         return TrainConfig(**values)
 
 
@@ -127,6 +142,12 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(f"--caption-variety is a share of captions, from 0 to 1 (got {cfg.caption_variety})")
     if not cfg.class_word.strip():
         raise UserError("--class-word is empty; give the subject's class, such as dog")
+    if cfg.spl_pooling not in POOLINGS:
+        raise UserError(f"--spl-pooling must be one of {', '.join(POOLINGS)} (got {cfg.spl_pooling!r})")
+    if cfg.finetune not in FINETUNES:
+        raise UserError(f"--finetune must be one of {', '.join(FINETUNES)} (got {cfg.finetune!r})")
+    if cfg.max_grad_norm is not None and cfg.max_grad_norm <= 0:
+        raise UserError(f"--max-grad-norm must be positive (got {cfg.max_grad_norm})")
 
 
 def seed_everything(seed: int) -> None:
@@ -203,9 +224,27 @@ def _class_prompts(paths: list[Path], default: str) -> list[str]:
 
 
 def make_trainable(cfg: TrainConfig, unet, text_encoder, vae, token_id: int):
-    """Freeze everything but a UNet LoRA and one embedding row; returns (embeddings, optimizer)."""
+    """Freeze everything but the UNet's LoRA (or target weights) and one embedding row;
+    returns (embeddings, optimizer, the trained UNet weights)."""
     for module in (vae, text_encoder, unet):
         module.requires_grad_(False)
+    weights = FullWeights(unet, cfg.lora_targets) if cfg.finetune == "full" else _add_lora(cfg, unet)
+    embeddings = text_encoder.get_input_embeddings().weight
+    embeddings.requires_grad_(True)
+    row_mask = torch.zeros(len(embeddings), 1, device=embeddings.device)
+    row_mask[token_id] = 1.0
+    embeddings.register_hook(lambda grad: grad * row_mask)
+    # Zero decay on the embedding group: AdamW's decay would move the masked rows too.
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": weights.params, "lr": cfg.lora_lr, "weight_decay": 1e-2},
+            {"params": [embeddings], "lr": cfg.token_lr, "weight_decay": 0.0},
+        ]
+    )
+    return embeddings, optimizer, weights
+
+
+def _add_lora(cfg: TrainConfig, unet) -> LoraWeights:
     try:
         unet.add_adapter(
             LoraConfig(
@@ -222,20 +261,7 @@ def make_trainable(cfg: TrainConfig, unet, text_encoder, vae, token_id: int):
             f"--lora-targets {' '.join(cfg.lora_targets)} matches no UNet module; "
             "use names such as to_k, attn2.to_v, conv1"
         ) from None
-    lora_params = [p for p in unet.parameters() if p.requires_grad]
-    embeddings = text_encoder.get_input_embeddings().weight
-    embeddings.requires_grad_(True)
-    row_mask = torch.zeros(len(embeddings), 1, device=embeddings.device)
-    row_mask[token_id] = 1.0
-    embeddings.register_hook(lambda grad: grad * row_mask)
-    # Zero decay on the embedding group: AdamW's decay would move the masked rows too.
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": lora_params, "lr": cfg.lora_lr, "weight_decay": 1e-2},
-            {"params": [embeddings], "lr": cfg.token_lr, "weight_decay": 0.0},
-        ]
-    )
-    return embeddings, optimizer
+    return LoraWeights(unet)
 
 
 def _subject_captions(batch: dict, picks: torch.Tensor, generator) -> torch.Tensor:
@@ -266,7 +292,9 @@ def _base_model(unet):
 
 
 def _batch_loss(cfg, batch, unet, text_encoder, noise_scheduler, generator, scaling_factor):
-    """One batch of the ClassDiffusion objective; returns (loss, its parts, the concept's EOS features)."""
+    """One batch of the ClassDiffusion objective; returns (loss, its parts, the concept's EOS features).
+
+    SPL reads both phrases at `cfg.spl_pooling`; the `cosine` part (the drift) is at the EOS either way."""
     instance_mean, instance_std = batch["instance"]
     device = instance_mean.device
     picks = torch.randint(len(instance_mean), (cfg.batch_size,), generator=generator, device=device)
@@ -278,7 +306,9 @@ def _batch_loss(cfg, batch, unet, text_encoder, noise_scheduler, generator, scal
     rows = _subject_captions(batch, picks, generator)
     unique, inverse = torch.unique(torch.cat([rows.new_zeros(1), rows]), return_inverse=True)
     encoded = text_encoder(batch["concept_ids"][unique])[0]
-    concept_features = at_eos(encoded[:1], batch["concept_ids"][:1], batch["eos_id"])
+    concept_ids = batch["concept_ids"][:1]
+    concept_features = at_eos(encoded[:1], concept_ids, batch["eos_id"])
+    concept_spl = pool(encoded[:1], concept_ids, batch["eos_id"], cfg.spl_pooling)
     hidden = encoded[inverse[1:]]
     if batch["class"] is not None:
         class_mean, class_std = batch["class"]
@@ -311,9 +341,11 @@ def _batch_loss(cfg, batch, unet, text_encoder, noise_scheduler, generator, scal
     else:
         mse = errors[: cfg.batch_size].mean()
     prior_loss = errors[cfg.batch_size :].mean() if batch["class"] is not None else torch.zeros((), device=device)
-    spl = semantic_preservation_loss(concept_features, batch["class_features"])
+    spl = semantic_preservation_loss(concept_spl, batch["class_spl"])
     loss = mse + cfg.prior_weight * prior_loss + cfg.spl_weight * spl + cfg.context_weight * context
-    return loss, {"mse": mse, "spl": spl, "prior": prior_loss, "context": context}, concept_features
+    cosine = concept_class_cosine(concept_features.detach(), batch["class_features"]).mean()
+    parts = {"mse": mse, "spl": spl, "prior": prior_loss, "cosine": cosine, "context": context}
+    return loss, parts, concept_features
 
 
 def concept_record(cfg: TrainConfig, steps: int, drift: float | None, metrics: dict) -> Concept:
@@ -331,6 +363,8 @@ def concept_record(cfg: TrainConfig, steps: int, drift: float | None, metrics: d
         drift=drift,
         prior_weight=cfg.prior_weight,
         metrics=metrics,
+        spl_pooling=cfg.spl_pooling,
+        finetune=cfg.finetune,
     )
 
 
@@ -467,11 +501,13 @@ def train(
         class_pixels = data.photos_to_tensor(class_set.images, flip=False)
         class_captions = _class_prompts(class_set.paths, f"a photo of a {cfg.class_word}")
 
-    token_id, notes = add_token(tokenizer, text_encoder, cfg.token, cfg.init_word or cfg.class_word)
+    token_id, notes = add_token(
+        tokenizer, text_encoder, cfg.token, cfg.init_word or cfg.class_word, vocab_entry=cfg.init_word is not None
+    )
     for note in notes:
         say(f"note: {note}")
 
-    embeddings, optimizer = make_trainable(cfg, unet, text_encoder, vae, token_id)
+    embeddings, optimizer, unet_weights = make_trainable(cfg, unet, text_encoder, vae, token_id)
     original_rows = embeddings.detach().clone()
 
     # Precompute what never changes: photo latents (with flips) and the class phrase's features.
@@ -498,6 +534,7 @@ def train(
             "masks": data.masks_to_tensor(photos.masks, cfg.flip, latent_size).to(device) if cfg.masked_loss else None,
             "eos_id": eos_id,
             "class_features": class_features,
+            "class_spl": phrase_features(text_encoder, class_ids, eos_id, cfg.spl_pooling),
         }
         if class_pixels is not None:
             unique = sorted(set(class_captions))
@@ -506,7 +543,7 @@ def train(
 
     state = checkpoints.TrainState(step=0)
     if cfg.resume:
-        state = checkpoints.resume(out, cfg.resume, unet, embeddings, token_id, optimizer)
+        state = checkpoints.resume(out, cfg.resume, unet_weights, embeddings, token_id, optimizer)
         # The optimizer state carries the earlier run's learning rates; the ones asked for now win,
         # so a run that went NaN can resume with lower --lora-lr/--token-lr.
         for group, lr in zip(optimizer.param_groups, (cfg.lora_lr, cfg.token_lr), strict=True):
@@ -519,7 +556,7 @@ def train(
     elif state.step:
         generator.manual_seed(cfg.seed + accelerator.process_index + 7919 * state.step)
 
-    models = {"unet": unet, "text_encoder": text_encoder, "vae": vae, "token_id": token_id}
+    models = {"unet": unet, "text_encoder": text_encoder, "vae": vae, "token_id": token_id, "weights": unet_weights}
     ddp_unet, ddp_text_encoder, optimizer = accelerator.prepare(unet, text_encoder, optimizer)
     log = tracking.MetricsLog(out, state.step) if main else None
     validate_at = _validation_hook(cfg, pipe, out) if cfg.validate_every and main else None
@@ -534,11 +571,13 @@ def train(
                 accelerator.backward(loss)
                 if after_backward and accelerator.sync_gradients:
                     after_backward(models)
+                if cfg.max_grad_norm and accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_([*unet_weights.params, embeddings], cfg.max_grad_norm)
                 optimizer.step()  # a no-op until the accumulation is complete
                 optimizer.zero_grad(set_to_none=True)
             nonfinite |= ~torch.isfinite(loss)  # checked when we sync anyway: logging and checkpoints
         if log:
-            log.add(step + 1, parts["mse"], parts["spl"], parts["prior"], 1 - parts["spl"])  # SPL = 1 - cosine
+            log.add(step + 1, parts["mse"], parts["spl"], parts["prior"], parts["cosine"])
         bar.update(1)
         due_checkpoint = cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps
         due_log = (step + 1) % LOG_EVERY == 0 or step + 1 == cfg.steps or step == 0
@@ -552,7 +591,14 @@ def train(
             bar.set_postfix(mse=f"{record['mse']:.4f}", spl=f"{record['spl']:.4f}", cos=f"{record['cosine']:.3f}")
         if due_checkpoint and main:
             checkpoints.save(
-                out, step + 1, unet, embeddings[token_id], optimizer, generator, cfg.keep_checkpoints, write_run_files
+                out,
+                step + 1,
+                unet_weights.state(),
+                embeddings[token_id],
+                optimizer,
+                generator,
+                cfg.keep_checkpoints,
+                write_run_files,
             )
         if validate_at and ((step + 1) % cfg.validate_every == 0 or step + 1 == cfg.steps):
             validate_at(step + 1)
@@ -572,8 +618,7 @@ def train(
     with torch.no_grad():
         final_cosine = concept_class_cosine(eos_features(text_encoder, concept_ids[:1], eos_id), class_features).item()
     concept = concept_record(cfg, cfg.steps, round(final_cosine, 6), log.last)
-    lora_state = get_peft_model_state_dict(unet)
-    save_concept(out, concept, lora_state, embeddings[token_id])
+    save_concept(out, concept, unet_weights.state(), embeddings[token_id])
     # After the concept: a run that fails while saving leaves the earlier concept's files as they were.
     write_run_files(out)
     say(f"wrote concept to {out} (token {cfg.token}, concept-class cosine {final_cosine:.3f})")

@@ -59,6 +59,7 @@ def test_masked_loss_teaches_only_the_subject(tiny_base):
             "masks": masks,
             "eos_id": pipe.tokenizer.eos_token_id,
             "class_features": torch.zeros(1, 32),
+            "class_spl": torch.zeros(1, 32),
         }
         scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
         generator = torch.Generator().manual_seed(1)

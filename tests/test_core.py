@@ -132,9 +132,11 @@ def test_spl_keeps_the_concept_near_its_class_and_plain_training_drifts(tiny_bas
     plain = train_tiny(tiny_base, dog_photos, tmp_path / "plain", spl_weight=0.0, **fast)
     spl = train_tiny(tiny_base, dog_photos, tmp_path / "spl", spl_weight=10.0, **fast)
     plain_m, spl_m = metrics(plain), metrics(spl)
-    # Without SPL the token drifts away from the class; with it, SPL falls back toward zero.
+    # Without SPL the token drifts away from the class; with it, SPL falls back toward zero (measured:
+    # from a peak of 0.08 to 0.003, while the plain run ends at 0.19).
     assert plain_m[-1]["cosine"] < plain_m[0]["cosine"] - 0.01
-    assert spl_m[-1]["spl"] < max(m["spl"] for m in spl_m)
+    assert spl_m[-1]["spl"] < 0.25 * max(m["spl"] for m in spl_m)
+    assert spl_m[-1]["spl"] < 0.25 * plain_m[-1]["spl"]
     assert concepts.load_concept(spl).drift > concepts.load_concept(plain).drift + 0.01
 
 
@@ -163,7 +165,7 @@ def test_concept_folder_contract(concept_dir, tiny_base):
     assert meta["unet.r"] == 4 and meta["unet.lora_alpha"] == 8.0
     with safe_open(concept_dir / "learned_embeds.safetensors", "pt") as f:
         assert list(f.keys()) == ["<new1>"] and f.get_tensor("<new1>").shape == (1, 32)
-    assert len(metrics(concept_dir)) >= 2
+    assert [row["step"] for row in metrics(concept_dir)] == [1, 2, 3, 4, 5, 6]  # every step of the 6-step run
 
 
 def test_stock_diffusers_loads_the_concept_without_cdvideo(concept_dir, tiny_base, tiny_adapter):
@@ -381,8 +383,18 @@ def test_prior_preservation_with_generated_class_images_and_spl(tiny_base, dog_p
     )
     assert len(list((folder / "class-images").glob("*.png"))) == 2  # made by the base model itself
     rows = metrics(folder)
-    assert all(r["prior"] > 0 for r in rows) and all(r["spl"] >= 0 for r in rows)
+    assert all(r["prior"] > 0 for r in rows)
     assert concepts.load_concept(folder).prior_weight == 1.0
+    # The same run without SPL sees the same first batch but learns another token: SPL acts beside the prior.
+    images = str(folder / "class-images")
+    no_spl = train_tiny(
+        tiny_base, dog_photos, tmp_path / "no-spl", prior_weight=1.0, class_images=images, spl_weight=0.0, steps=3
+    )
+    first, first_no_spl = rows[0], metrics(no_spl)[0]
+    assert all(first[k] == pytest.approx(first_no_spl[k], rel=1e-5) for k in ("mse", "prior", "spl"))
+    rows_with = load_file(folder / concepts.EMBEDS_FILE)["<new1>"]
+    rows_without = load_file(no_spl / concepts.EMBEDS_FILE)["<new1>"]
+    assert not torch.allclose(rows_with, rows_without, atol=1e-7)
 
 
 def test_prior_images_drawn_from_several_prompts_keep_their_captions(tiny_base, dog_photos, tmp_path):
