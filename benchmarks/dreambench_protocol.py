@@ -147,6 +147,8 @@ def run_one(args, subject: Subject, variant: str, seed: int, work: Path) -> dict
             videos=str(work / "evals"),  # base-model videos already rendered for this class are reused
             seeds=[seed],
             frames=args.frames,
+            width=args.resolution,
+            height=args.resolution,
             steps=args.sample_steps,
             motion_adapter=args.motion_adapter,
             precision=args.precision,

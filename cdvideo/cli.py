@@ -164,6 +164,8 @@ def _eval_parser(sub) -> None:
     p.add_argument("--output", default="cdvideo-eval")
     p.add_argument("--seed", type=int, nargs="+", dest="seeds", help="one or more seeds (default 0)")
     p.add_argument("--frames", type=int)
+    p.add_argument("--width", type=int)
+    p.add_argument("--height", type=int)
     p.add_argument("--steps", type=int)
     p.add_argument("--guidance", type=float)
     p.add_argument("--motion-adapter")

@@ -61,6 +61,8 @@ class EvalConfig:
     checkpoints: str | None = None  # a run folder: score its saved checkpoints instead
     seeds: list[int] = field(default_factory=lambda: [0])
     frames: int | None = None
+    width: int | None = None
+    height: int | None = None
     steps: int | None = None
     guidance: float | None = None
     motion_adapter: str | None = None
@@ -130,7 +132,7 @@ class Scorers:
 
 
 def _render_settings(cfg: EvalConfig) -> dict:
-    names = ("motion_adapter", "frames", "steps", "guidance", "precision", "device", "base_config")
+    names = ("motion_adapter", "frames", "width", "height", "steps", "guidance", "precision", "device", "base_config")
     return {k: getattr(cfg, k) for k in names}
 
 
