@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import cli_train_args
+from peft import LoraConfig
 
 from cdvideo import data, presets
 from cdvideo.cli import main as cli_main
@@ -36,39 +37,62 @@ def test_transparent_photos_carry_the_subject_mask(cutouts, dog_photos):
     assert data.masks_to_tensor(data.load_photos([dog_photos], 64).masks, flip=False, size=16) is None
 
 
-def test_masked_loss_teaches_only_the_subject(tiny_base):
-    """Outside the subject's mask the UNet's prediction gets no gradient: the background and what
-    stands beside the subject (a hat, headphones) are left as the base model draws them."""
+def _prediction_grads(base: Path, mask: torch.Tensor | None, term: str, context_weight: float = 0.0):
+    """|d term / d UNet prediction| per pixel for one batch of two masked photos on the tiny model."""
     from diffusers import DDPMScheduler, StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(tiny_base)
-    cfg = TrainConfig(images=[], class_word="dog", base=str(tiny_base), batch_size=2).resolved()
-    mask = torch.zeros(2, 1, 8, 8)
-    mask[..., 2:6, 3:7] = 1.0
+    pipe = StableDiffusionPipeline.from_pretrained(base)
+    pipe.unet.add_adapter(LoraConfig(r=2, lora_alpha=2, init_lora_weights="gaussian", target_modules=["to_k"]))
+    for lora in (p for n, p in pipe.unet.named_parameters() if "lora_B" in n):
+        torch.nn.init.normal_(lora, std=0.5)  # the LoRA has learned something: it differs from the base
+    cfg = TrainConfig(images=[], class_word="dog", base=str(base), batch_size=2, context_weight=context_weight)
+    cfg = cfg.resolved()
+    tokens = pipe.tokenizer(["a photo of a dog"], padding="max_length", max_length=77, return_tensors="pt")
     latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    ids = pipe.tokenizer(["a photo of a dog"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        teacher_hidden = pipe.text_encoder(tokens.input_ids)[0]
     predictions = []
-    pipe.unet.register_forward_hook(lambda module, args, out: predictions.append(out.sample.retain_grad() or out))
 
-    def prediction_grad(masks: torch.Tensor | None) -> torch.Tensor:
-        batch = {
-            "instance": (latents, torch.zeros_like(latents)),
-            "class": None,
-            "concept_ids": ids,
-            "variety": 0.0,
-            "masks": masks,
-            "eos_id": pipe.tokenizer.eos_token_id,
-            "class_features": torch.zeros(1, 32),
-            "class_spl": torch.zeros(1, 32),
-        }
-        scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-        generator = torch.Generator().manual_seed(1)
-        _batch_loss(cfg, batch, pipe.unet, pipe.text_encoder, scheduler, generator, 1.0)[1]["mse"].backward()
-        return predictions[-1].sample.grad.abs().sum(dim=1, keepdim=True)
+    def keep(module, args, out) -> None:
+        if out.sample.requires_grad:  # the student's forward, not the base model's (no-grad) one
+            out.sample.retain_grad()
+            predictions.append(out.sample)
 
-    masked = prediction_grad(mask)
-    assert float(masked[mask == 0].max()) == 0.0 and bool((masked[mask == 1] > 0).all())
-    assert bool((prediction_grad(None) > 0).all())
+    pipe.unet.register_forward_hook(keep)
+    batch = {
+        "instance": (latents, torch.zeros_like(latents)),
+        "class": None,
+        "concept_ids": tokens.input_ids,
+        "variety": 0.0,
+        "masks": mask,
+        "teacher_hidden": teacher_hidden,
+        "eos_id": pipe.tokenizer.eos_token_id,
+        "class_features": torch.zeros(1, 32),
+        "class_spl": torch.zeros(1, 32),
+    }
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    parts = _batch_loss(cfg, batch, pipe.unet, pipe.text_encoder, scheduler, torch.Generator().manual_seed(1), 1.0)[1]
+    parts[term].backward()
+    return predictions[-1].grad.abs().sum(dim=1, keepdim=True)
+
+
+SUBJECT = torch.zeros(2, 1, 8, 8)
+SUBJECT[..., 2:6, 3:7] = 1.0
+
+
+def test_masked_loss_teaches_only_the_subject(tiny_base):
+    """Outside the subject's mask the photos teach nothing: the background and what stands beside
+    the subject (a hat, headphones) are not learned from them."""
+    masked = _prediction_grads(tiny_base, SUBJECT, "mse")
+    assert float(masked[SUBJECT == 0].max()) == 0.0 and bool((masked[SUBJECT == 1] > 0).all())
+    assert bool((_prediction_grads(tiny_base, None, "mse") > 0).all())
+
+
+def test_context_term_teaches_the_base_models_view_around_the_subject(tiny_base):
+    """Around the subject the concept prompt is pulled toward the base model's prediction for the
+    class prompt; inside it, only the photos speak."""
+    around = _prediction_grads(tiny_base, SUBJECT, "context", context_weight=1.0)
+    assert float(around[SUBJECT == 1].max()) == 0.0 and bool((around[SUBJECT == 0] > 0).all())
 
 
 def test_caption_variety_draws_phrases_at_the_asked_share():
