@@ -183,6 +183,17 @@ def report(out: Path, base: dict, runs: list[dict], command: str, samples: int, 
     return text
 
 
+def cached(path: Path, settings: dict, compute) -> dict:
+    """`compute()`'s result, kept in `path` for these settings (a rerun, or a parallel run, reuses it)."""
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved.get("settings") == settings:
+            return saved["rates"]
+    rates = compute()
+    write_json_atomic(path, {"settings": settings, "rates": rates})
+    return rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -190,33 +201,33 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=32, help="clips per seed (0: images only)")
     parser.add_argument("--out", default="docs/composition")
     parser.add_argument("--work", help="folder for the trained concepts (default: a temporary one)")
+    parser.add_argument("--base-only", action="store_true", help="measure the base model only (for parallel runs)")
+    parser.add_argument("--no-report", action="store_true", help="measure only (for parallel runs)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    command = "python " + shlex.join(sys.argv)
     work = Path(args.work or tempfile.mkdtemp(prefix="cdvideo-bars-"))
-    results = out / "results.json"
-    saved = json.loads(results.read_text()) if results.exists() else {}
-    settings = {"samples": args.samples, "clips": args.clips, "sampler": presets.SHAPES.sampler,
-                "steps": presets.SHAPES.steps}  # fmt: skip
-    if saved.get("settings") != settings:
-        saved = {"settings": settings, "runs": {}}
-    if "base" not in saved:
-        start = time.time()
-        saved["base"] = measure(None, args.samples, args.clips)
-        print(f"base model measured in {time.time() - start:.0f} s: {json.dumps(saved['base'])}", flush=True)
-        write_json_atomic(results, saved)
+    preset = presets.SHAPES
+    trained = ("train_steps", "caption_variety", "context_weight", "spl_weight", "prior_weight", "lora_lr", "token_lr")
+    settings = {"samples": args.samples, "clips": args.clips, "sampler": preset.sampler, "steps": preset.steps,
+                "train": {k: getattr(preset, k) for k in trained}}  # fmt: skip
+    base_settings = {k: v for k, v in settings.items() if k != "train"}
+    start = time.time()
+    base = cached(out / "base.json", base_settings, lambda: measure(None, args.samples, args.clips))
+    print(f"base model ({time.time() - start:.0f} s): {json.dumps(base)}", flush=True)
+    if args.base_only:
+        return
+    runs = []
     for seed in args.seeds:
-        if str(seed) in saved["runs"]:
-            continue
         start = time.time()
-        folder = train_seed(seed, work)
-        rates = {"seed": seed, **measure(folder, args.samples, args.clips), "seconds": round(time.time() - start)}
-        saved["runs"][str(seed)] = rates
-        print(json.dumps(rates), flush=True)
-        write_json_atomic(results, saved)
-    runs = [saved["runs"][str(s)] for s in args.seeds]
-    print(report(out, saved["base"], runs, command, args.samples, args.clips))
+
+        def compute(seed: int = seed) -> dict:
+            return {"seed": seed, **measure(train_seed(seed, work), args.samples, args.clips)}
+
+        runs.append(cached(out / f"seed-{seed}.json", settings, compute))
+        print(f"seed {seed} ({time.time() - start:.0f} s): {json.dumps(runs[-1])}", flush=True)
+    if not args.no_report:
+        print(report(out, base, runs, "python " + shlex.join(sys.argv), args.samples, args.clips))
 
 
 if __name__ == "__main__":

@@ -138,6 +138,8 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError("--class-prompt needs a prompt; give one, or drop it for 'a photo of a CLASS'")
     if cfg.spl_weight < 0 or cfg.prior_weight < 0:
         raise UserError("--spl-weight and --prior-weight must be >= 0")
+    if cfg.context_weight < 0:
+        raise UserError(f"--context-weight must be >= 0 (got {cfg.context_weight})")
     if not 0 <= cfg.caption_variety <= 1:
         raise UserError(f"--caption-variety is a share of captions, from 0 to 1 (got {cfg.caption_variety})")
     if not cfg.class_word.strip():
