@@ -60,7 +60,13 @@ def _train_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device")
     p.add_argument("--gradient-accumulation", type=int, metavar="N", help="batches per optimizer step (default 1)")
-    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], help="autocast precision (default no)")
+    p.add_argument(
+        "--mixed-precision", choices=["no", "fp16", "bf16"], help="autocast, frozen weights stored in it (default no)"
+    )
+    g = p.add_argument_group("memory (8 GB GPU: --mixed-precision fp16 --gradient-checkpointing --optimizer adamw8bit)")
+    g.add_argument("--gradient-checkpointing", action="store_true", default=None, help="recompute UNet activations")
+    g.add_argument("--optimizer", choices=["adamw", "adamw8bit"], help="adamw8bit: bitsandbytes, 8-bit state")
+    g.add_argument("--cache-latents", action="store_true", default=None, help="keep class-image latents on disk")
 
 
 def _animate_parser(sub) -> None:
