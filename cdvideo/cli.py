@@ -1,4 +1,4 @@
-"""Command line: a thin layer over `cdvideo.train`, `animate`, `export_concept`, `push` and `demo`."""
+"""Command line: a thin layer over `cdvideo.train`, `animate`, `export_concept`, `push`, `demo` and `ui`."""
 
 from __future__ import annotations
 
@@ -159,6 +159,15 @@ def _demo_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
+def _ui_parser(sub) -> None:
+    p = sub.add_parser("ui", help="local web app: train, animate, evaluate, concepts (pip install 'cdvideo[ui]')")
+    p.add_argument("--base", default="shapes", help="base model for new concepts (default: the embedded Shapes model)")
+    p.add_argument("--workspace", default="cdvideo-ui", help="folder for the app's concepts, videos and reports")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, help="default: 7860, or the next free port")
+    p.add_argument("--open", dest="open_browser", action="store_true", help="open it in the default browser")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cdvideo", description="Personalized text-to-video (ClassDiffusion + AnimateDiff)"
@@ -170,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     _push_parser(sub)
     _eval_parser(sub)
     _demo_parser(sub)
+    _ui_parser(sub)
     return parser
 
 
@@ -233,6 +243,10 @@ def _run(args: argparse.Namespace) -> None:
         evaluate(EvalConfig(**values))
     elif args.command == "demo":
         cdvideo.demo(output=args.output, seed=args.seed)
+    elif args.command == "ui":
+        from cdvideo.ui import launch
+
+        launch(**values)
 
 
 def _end_progress_bars() -> None:
