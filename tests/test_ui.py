@@ -146,3 +146,24 @@ def test_train_then_animate_in_a_real_browser(app, page, tmp_path):
     _screenshot(page, "concepts")
     page.get_by_role("tab", name="Evaluate").click()
     _screenshot(page, "evaluate")
+
+
+def test_a_second_training_run_is_refused_while_one_runs(tmp_path):
+    from cdvideo import ui
+
+    ws = ui.Workspace(tmp_path, "shapes")
+    fields = ([], True, "circle", "", "1", "", "0", "", 0, [])
+    with ui.TRAIN_LOCK:  # a run is going
+        assert list(ui.run_training(ws, *fields)) == [(ui.BUSY, "", None, [])]
+    assert not (tmp_path / "demo-photos").exists()  # refused before touching anything
+
+
+def test_bad_page_input_gets_the_command_lines_one_line_error(tmp_path):
+    from cdvideo import ui
+
+    ws = ui.Workspace(tmp_path, "shapes")
+    status = list(ui.run_training(ws, [], False, "dog", "", "", "", "", "", 0, []))[-1][0]
+    assert status.startswith("error: no photos")
+    ws_photos = ([], True, "   ", str(tmp_path / "out"), "1", "", "0", "", 0, [])
+    cfg = ui.train_config(ws, *ws_photos)
+    assert cfg.class_word == "circle" and cfg.steps == 1 and cfg.prior_weight == 0.0
