@@ -1,4 +1,4 @@
-"""Command line: a thin layer over `cdvideo.train`, `animate`, `export_concept`, `push` and `demo`."""
+"""Command line: a thin layer over `cdvideo.train`, `animate`, `export_concept`, `push`, `demo` and `ui`."""
 
 from __future__ import annotations
 
@@ -92,7 +92,13 @@ def _train_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device")
     p.add_argument("--gradient-accumulation", type=int, metavar="N", help="batches per optimizer step (default 1)")
-    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], help="autocast precision (default no)")
+    p.add_argument(
+        "--mixed-precision", choices=["no", "fp16", "bf16"], help="autocast, frozen weights stored in it (default no)"
+    )
+    g = p.add_argument_group("memory (8 GB GPU: --mixed-precision fp16 --gradient-checkpointing --optimizer adamw8bit)")
+    g.add_argument("--gradient-checkpointing", action="store_true", default=None, help="recompute UNet activations")
+    g.add_argument("--optimizer", choices=["adamw", "adamw8bit"], help="adamw8bit: bitsandbytes, 8-bit state")
+    g.add_argument("--cache-latents", action="store_true", default=None, help="keep class-image latents on disk")
 
 
 def _animate_parser(sub) -> None:
@@ -192,6 +198,15 @@ def _demo_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
+def _ui_parser(sub) -> None:
+    p = sub.add_parser("ui", help="local web app: train, animate, evaluate, concepts (pip install 'cdvideo[ui]')")
+    p.add_argument("--base", default="shapes", help="base model for new concepts (default: the embedded Shapes model)")
+    p.add_argument("--workspace", default="cdvideo-ui", help="folder for the app's concepts, videos and reports")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, help="default: 7860, or the next free port")
+    p.add_argument("--open", dest="open_browser", action="store_true", help="open it in the default browser")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cdvideo", description="Personalized text-to-video (ClassDiffusion + AnimateDiff)"
@@ -203,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     _push_parser(sub)
     _eval_parser(sub)
     _demo_parser(sub)
+    _ui_parser(sub)
     return parser
 
 
@@ -266,6 +282,10 @@ def _run(args: argparse.Namespace) -> None:
         evaluate(EvalConfig(**values))
     elif args.command == "demo":
         cdvideo.demo(output=args.output, seed=args.seed)
+    elif args.command == "ui":
+        from cdvideo.ui import launch
+
+        launch(**values)
 
 
 def _end_progress_bars() -> None:

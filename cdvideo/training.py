@@ -23,7 +23,7 @@ from diffusers import DDPMScheduler
 from peft import LoraConfig
 from tqdm.auto import tqdm
 
-from cdvideo import checkpoints, data, loading, presets, scaleout, tracking
+from cdvideo import checkpoints, data, loading, memory, presets, scaleout, tracking
 from cdvideo.atomic import ensure_writable_dir, write_json_atomic
 from cdvideo.concept import Concept, save_concept, save_photos
 from cdvideo.errors import UserError
@@ -84,7 +84,10 @@ class TrainConfig:
     device: str | None = None
     base_config: str | None = None  # local diffusers config folder for single-file checkpoints
     gradient_accumulation: int = 1  # batches per optimizer step
-    mixed_precision: str = "no"  # no | fp16 | bf16 (autocast; trainable weights stay fp32)
+    mixed_precision: str = "no"  # no | fp16 | bf16 (autocast, frozen weights in half; trainable stay fp32)
+    gradient_checkpointing: bool = False  # memory options: cdvideo/memory.py
+    optimizer: str = "adamw"  # adamw | adamw8bit
+    cache_latents: bool = False  # class images' latents kept on disk beside them
 
     def resolved(self) -> TrainConfig:
         """Fill unset fields from the recipe, then from the base model family's preset."""
@@ -150,6 +153,7 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(f"--finetune must be one of {', '.join(FINETUNES)} (got {cfg.finetune!r})")
     if cfg.max_grad_norm is not None and cfg.max_grad_norm <= 0:
         raise UserError(f"--max-grad-norm must be positive (got {cfg.max_grad_norm})")
+    memory.check_options(cfg.optimizer)
 
 
 def seed_everything(seed: int) -> None:
@@ -237,11 +241,13 @@ def make_trainable(cfg: TrainConfig, unet, text_encoder, vae, token_id: int):
     row_mask[token_id] = 1.0
     embeddings.register_hook(lambda grad: grad * row_mask)
     # Zero decay on the embedding group: AdamW's decay would move the masked rows too.
-    optimizer = torch.optim.AdamW(
+    optimizer = memory.make_optimizer(
+        cfg.optimizer,
         [
             {"params": weights.params, "lr": cfg.lora_lr, "weight_decay": 1e-2},
             {"params": [embeddings], "lr": cfg.token_lr, "weight_decay": 0.0},
-        ]
+        ],
+        fp32_state=[embeddings],
     )
     return embeddings, optimizer, weights
 
@@ -348,6 +354,17 @@ def _batch_loss(cfg, batch, unet, text_encoder, noise_scheduler, generator, scal
     cosine = concept_class_cosine(concept_features.detach(), batch["class_features"]).mean()
     parts = {"mse": mse, "spl": spl, "prior": prior_loss, "cosine": cosine, "context": context}
     return loss, parts, concept_features
+
+
+def _class_latents(cfg: TrainConfig, class_set, class_pixels, vae, say) -> tuple[torch.Tensor, torch.Tensor]:
+    """The class images' VAE posterior; with --cache-latents, from (or into) a file beside the images."""
+    if not cfg.cache_latents:
+        return _latent_distribution(vae, class_pixels)
+    mean, std = memory.cached_latents(
+        class_set.paths[0].parent, class_set.paths, cfg.resolution, loading.base_identity(cfg.base),
+        lambda: _latent_distribution(vae, class_pixels), say,
+    )  # fmt: skip
+    return mean.to(vae.device), std.to(vae.device)
 
 
 def concept_record(cfg: TrainConfig, steps: int, drift: float | None, metrics: dict) -> Concept:
@@ -524,7 +541,7 @@ def train(
         class_features = eos_features(text_encoder, class_ids, eos_id)
         batch = {
             "instance": _latent_distribution(vae, data.photos_to_tensor(photos.images, flip=cfg.flip)),
-            "class": _latent_distribution(vae, class_pixels) if class_pixels is not None else None,
+            "class": _class_latents(cfg, class_set, class_pixels, vae, say) if class_pixels is not None else None,
             "concept_ids": concept_ids,
             "variety": cfg.caption_variety,
             # The base model's view of each subject caption: the class phrase with the same words.
@@ -542,6 +559,8 @@ def train(
             unique = sorted(set(class_captions))
             batch["class_hidden"] = text_encoder(_tokenize(tokenizer, unique, device))[0]
             batch["class_caption"] = torch.tensor([unique.index(c) for c in class_captions], device=device)
+
+    memory.prepare_models(cfg, unet, text_encoder, vae)  # after the fp32 precomputation above
 
     state = checkpoints.TrainState(step=0)
     if cfg.resume:
@@ -603,7 +622,8 @@ def train(
                 write_run_files,
             )
         if validate_at and ((step + 1) % cfg.validate_every == 0 or step + 1 == cfg.steps):
-            validate_at(step + 1)
+            with accelerator.autocast():  # frozen weights may be in half precision
+                validate_at(step + 1)
     bar.close()
     if bool(_weights_nonfinite(optimizer)):  # the last update, which no loss has seen yet
         raise UserError(_nonfinite_message(cfg.steps, checkpoints.latest(out)))
@@ -617,7 +637,7 @@ def train(
         raise RuntimeError(f"embedding rows other than the token moved: {moved[:5]}")
     if not main:
         return out
-    with torch.no_grad():
+    with torch.no_grad(), accelerator.autocast():
         final_cosine = concept_class_cosine(eos_features(text_encoder, concept_ids[:1], eos_id), class_features).item()
     concept = concept_record(cfg, cfg.steps, round(final_cosine, 6), log.last)
     save_concept(out, concept, unet_weights.state(), embeddings[token_id])
