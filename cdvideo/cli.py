@@ -120,6 +120,13 @@ def _animate_parser(sub) -> None:
         help="motion LoRA (camera pan/zoom) file, folder or hub id; repeatable",
     )
     p.add_argument(
+        "--motion",
+        help="where the subject moves: left, right, up, down, zoom-in, zoom-out, roll-clockwise, roll-anticlockwise "
+        "(or camera words: pan-left = right); wins over the prompt's words ('moving right'); none = no motion LoRA",
+    )
+    p.add_argument("--motion-weight", type=float, help="weight of --motion's LoRA (default: the family's, 1.0)")
+    p.add_argument("--motion-lora-dir", help="local copies of the family's motion LoRAs (README: Motion)")
+    p.add_argument(
         "--sampler",
         choices=["default", *SAMPLERS],
         help="default: the family's (DDIM); lightning: Euler, trailing, 4 steps, guidance 1",

@@ -7,6 +7,7 @@ The concept's LoRA names exact spatial module paths, so the two never touch the 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cdvideo.concept import ADAPTER_NAME as CONCEPT_ADAPTER
@@ -40,27 +41,61 @@ def _load_arguments(source: str) -> tuple[str, dict]:
     return source, {}
 
 
+def _load(pipe, source: str, name: str) -> None:
+    location, kwargs = _load_arguments(source)
+    try:
+        pipe.load_lora_weights(location, adapter_name=name, use_safetensors=True, **kwargs)
+    except (OSError, ValueError, KeyError) as err:
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise UserError(f"could not load motion LoRA '{source}': {first}") from err
+
+
+@dataclass
+class MotionAdapters:
+    """The adapters loaded on a pipeline: --motion-lora ones (always on), named motions (one per prompt)."""
+
+    fixed: list[tuple[str, float]] = field(default_factory=list)  # (adapter, weight)
+    named: dict[str, str] = field(default_factory=dict)  # LoRA source -> adapter
+    concept_scale: float | None = None
+
+    def activate(self, pipe, source: str | None = None, weight: float | None = None) -> None:
+        """Turn on the fixed adapters, the concept and `source`'s LoRA at `weight`; the other named ones off.
+
+        Weight 0 renders exactly as without the adapter, so one set_adapters call switches per prompt."""
+        names = [name for name, _ in self.fixed] + list(self.named.values())
+        weights = [w for _, w in self.fixed] + [
+            (weight if weight is not None else 1.0) if lora == source else 0.0 for lora in self.named
+        ]
+        if self.concept_scale is not None:
+            names.insert(0, CONCEPT_ADAPTER)
+            weights.insert(0, self.concept_scale)
+        if names:
+            pipe.set_adapters(names, adapter_weights=weights)
+
+
+def load_motion_loras(
+    pipe, specs: list[str], sources: list[str] = (), concept_scale: float | None = None
+) -> MotionAdapters:
+    """Load each --motion-lora spec and each named motion's LoRA `sources` as its own adapter.
+
+    `concept_scale` is the concept LoRA's weight when it is loaded unfused as adapter "concept"."""
+    adapters = MotionAdapters(concept_scale=concept_scale)
+    for index, spec in enumerate(specs):
+        source, weight = parse_motion_lora(spec)
+        _load(pipe, source, f"motion-{index}")
+        adapters.fixed.append((f"motion-{index}", weight))
+    for index, source in enumerate(dict.fromkeys(sources)):
+        name = f"direction-{index}"
+        _load(pipe, source, name)
+        adapters.named[source] = name
+    return adapters
+
+
 def apply_motion_loras(pipe, specs: list[str], concept_scale: float | None = None) -> list[tuple[str, float]]:
     """Load each motion LoRA as its own adapter and activate them (with the concept, if loaded).
 
-    `concept_scale` is the concept LoRA's weight when it is loaded unfused as adapter "concept".
     Returns (source, weight) per motion LoRA.
     """
-    names, weights, loaded = [], [], []
-    for index, spec in enumerate(specs):
-        source, weight = parse_motion_lora(spec)
-        location, kwargs = _load_arguments(source)
-        name = f"motion-{index}"
-        try:
-            pipe.load_lora_weights(location, adapter_name=name, use_safetensors=True, **kwargs)
-        except (OSError, ValueError, KeyError) as err:
-            first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-            raise UserError(f"could not load motion LoRA '{source}': {first}") from err
-        names.append(name)
-        weights.append(weight)
-        loaded.append((source, weight))
-    if concept_scale is not None:
-        names.insert(0, CONCEPT_ADAPTER)
-        weights.insert(0, concept_scale)
-    pipe.set_adapters(names, adapter_weights=weights)
-    return loaded
+    adapters = load_motion_loras(pipe, specs, concept_scale=concept_scale)
+    adapters.activate(pipe)
+    return [parse_motion_lora(spec) for spec in specs]

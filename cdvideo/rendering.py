@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from cdvideo import concept as concepts
-from cdvideo import controls, loading, motion, presets, scaleout, sheets, videofiles
+from cdvideo import controls, directions, loading, motion, presets, scaleout, sheets, videofiles
 from cdvideo.atomic import ensure_writable_dir, write_json_atomic, write_yaml_atomic
 from cdvideo.errors import UserError
 from cdvideo.prompts import bind_prompt, token_count_warning
@@ -42,6 +42,9 @@ class AnimateConfig:
     base_config: str | None = None
     motion_adapter_config: str | None = None  # architecture of a single-file motion module
     motion_loras: list[str] = field(default_factory=list)  # "PATH[:WEIGHT]" each
+    motion: str | None = None  # "right", "zoom-in", ... (cdvideo/directions.py); None: the prompt's words
+    motion_weight: float | None = None  # None: the family's default for its motion LoRAs
+    motion_lora_dir: str | None = None  # local copies of the family's motion LoRAs
     sampler: str | None = None  # None: the family's sampler; "lightning": AnimateDiff-Lightning's
     # Memory and speed controls (cdvideo/controls.py)
     context_length: int | None = None  # FreeNoise windows; automatic when frames > the adapter's length
@@ -165,16 +168,24 @@ def animate(
     device = share.device or loading.pick_device(cfg.device)
     dtype = loading.pick_dtype(device, cfg.precision)
     out = ensure_writable_dir(Path(cfg.output))
+    family = presets.preset_for(cfg.base).name
+    asked, notes = directions.plan_motions(cfg.prompts, cfg.motion, cfg.motion_weight, family, cfg.motion_lora_dir)
+    for line in notes:
+        say(line)
+    named = [choice.lora for choice in asked if choice and choice.lora]
+    if named and family == "sd15" and cfg.motion_adapter != presets.SD15_MOTION_ADAPTER:
+        say(f"warning: guoyww's motion LoRAs were trained for {presets.SD15_MOTION_ADAPTER}, not {cfg.motion_adapter}")
     pipe = build_pipeline(cfg, dtype)
     pipe.set_progress_bar_config(disable=not progress, leave=False)
     if concept:
         # Fused weights are fastest, but stacking motion LoRAs needs the concept as a live adapter.
-        concepts.apply_concept(pipe, folder, concept, scale=cfg.lora_scale, fuse=not cfg.motion_loras)
+        concepts.apply_concept(pipe, folder, concept, scale=cfg.lora_scale, fuse=not (cfg.motion_loras or named))
         say(f"concept {concept.token} ({concept.class_word}) from {folder}")
-    if cfg.motion_loras:
-        concept_scale = cfg.lora_scale if concept else None
-        for name, weight in motion.apply_motion_loras(pipe, cfg.motion_loras, concept_scale):
-            say(f"motion LoRA {name} at weight {weight}")
+    adapters = None
+    if cfg.motion_loras or named:
+        adapters = motion.load_motion_loras(pipe, cfg.motion_loras, named, cfg.lora_scale if concept else None)
+        for spec in cfg.motion_loras:
+            say("motion LoRA {} at weight {}".format(*motion.parse_motion_lora(spec)))
     controls.apply(pipe, cfg, device, say)
     scheduler_settings = {
         "class": type(pipe.scheduler).__name__,
@@ -182,14 +193,18 @@ def animate(
     }
     videos = []
     jobs = iter(range(len(cfg.prompts) * len(cfg.seeds)))
-    for prompt in cfg.prompts:
+    for prompt, choice in zip(cfg.prompts, asked, strict=True):
         rendered = prompt
+        if adapters:
+            adapters.activate(pipe, choice.lora if choice else None, choice.weight if choice else None)
         if concept:
             rendered, warning = bind_prompt(prompt, concept.token, concept.class_word)
             if warning:
                 say(f"warning: {warning}")
-            if rendered != prompt:
+            if rendered != prompt and not choice:
                 say(f"prompt: {rendered}")
+        if choice:
+            say(f"prompt: {rendered} | {choice.describe()}")
         warning = token_count_warning(pipe.tokenizer, rendered)
         if warning:
             say(f"warning: {warning}")
@@ -207,6 +222,7 @@ def animate(
                 "seed": seed,
                 "concept": str(folder) if folder else None,
                 "concept_token": concept.token if concept else None,
+                "motion": choice.record() if choice else None,
                 "scheduler": scheduler_settings,
             }
             settings.pop("prompts")

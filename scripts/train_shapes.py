@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -49,7 +50,10 @@ def save_checkpoint(path: Path, modules: dict[str, torch.nn.Module], state: dict
         save_file(tensors, tmp / f"{name}.safetensors")
     torch.save(state, tmp / "state.pt")
     if path.exists():
-        os.replace(path, path.with_name(path.name + ".old"))
+        # os.replace cannot move a folder onto a non-empty one: the previous save's .old goes first.
+        old = path.with_name(path.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
     os.replace(tmp, path)
 
 

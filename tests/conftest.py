@@ -10,6 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
+import cdvideo
+
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -140,3 +142,48 @@ def dog_photos(tmp_path_factory) -> Path:
     folder = write_dog_photos(tmp_path_factory.mktemp("photos"))
     (folder / ".DS_Store").write_bytes(b"\x00\x01junk")  # users' folders have these
     return folder
+
+
+@pytest.fixture(scope="session")
+def concept(tiny_base, dog_photos, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("c") / "concept"
+    config = cdvideo.TrainConfig(images=[str(dog_photos)], class_word="dog", base=str(tiny_base), output=str(out),
+                                 steps=2, resolution=64)  # fmt: skip
+    return cdvideo.train(config, say=lambda s: None, progress=False)
+
+
+@pytest.fixture(scope="session")
+def live_adapter(tiny_adapter, tmp_path_factory) -> Path:
+    """The tiny adapter as if trained: a fresh one's output projections are zero, so it does nothing."""
+    from diffusers import MotionAdapter
+
+    adapter = MotionAdapter.from_pretrained(tiny_adapter)
+    torch.manual_seed(4)
+    for name, module in adapter.named_modules():
+        if name.endswith("proj_out"):
+            torch.nn.init.normal_(module.weight, std=0.2)
+    folder = tmp_path_factory.mktemp("live-adapter")
+    adapter.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def motion_lora(tiny_base, live_adapter, tmp_path_factory) -> Path:
+    """A camera-motion-style LoRA: peft on the motion modules' attention of a UNetMotionModel."""
+    from diffusers import AnimateDiffPipeline, MotionAdapter, UNet2DConditionModel, UNetMotionModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    unet2d = UNet2DConditionModel.from_pretrained(tiny_base, subfolder="unet")
+    unet = UNetMotionModel.from_unet2d(unet2d, MotionAdapter.from_pretrained(live_adapter))
+    # Attention only, as AnimateDiff's motion LoRAs (diffusers calls proj_out(input=...), which a
+    # peft LoRA layer on it cannot take).
+    ends = (".to_q", ".to_k", ".to_v", ".to_out.0")
+    targets = [name for name, _ in unet.named_modules() if "motion_modules" in name and name.endswith(ends)]
+    torch.manual_seed(3)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=targets, init_lora_weights=False))
+    folder = tmp_path_factory.mktemp("motion-lora")
+    AnimateDiffPipeline.save_lora_weights(
+        folder, unet_lora_layers=get_peft_model_state_dict(unet), weight_name="shapes-zoom.safetensors"
+    )
+    return folder / "shapes-zoom.safetensors"

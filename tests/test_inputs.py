@@ -99,14 +99,6 @@ def test_a_checkpoint_of_another_architecture_is_one_clear_line(community_checkp
 
 
 @pytest.fixture(scope="module")
-def concept(tiny_base, dog_photos, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("c") / "concept"
-    config = cdvideo.TrainConfig(images=[str(dog_photos)], class_word="dog", base=str(tiny_base), output=str(out),
-                                 steps=2, resolution=64)  # fmt: skip
-    return cdvideo.train(config, say=lambda s: None, progress=False)
-
-
-@pytest.fixture(scope="module")
 def shapes_adapter():
     return loading.load_motion_adapter("shapes")
 
@@ -164,43 +156,6 @@ def test_motion_lora_spec_parsing():
         1.0,
     )
     assert parse_motion_lora("pan.safetensors:-0.5") == ("pan.safetensors", -0.5)
-
-
-@pytest.fixture(scope="module")
-def live_adapter(tiny_adapter, tmp_path_factory) -> Path:
-    """The tiny adapter as if trained: a fresh one's output projections are zero, so it does nothing."""
-    from diffusers import MotionAdapter
-
-    adapter = MotionAdapter.from_pretrained(tiny_adapter)
-    torch.manual_seed(4)
-    for name, module in adapter.named_modules():
-        if name.endswith("proj_out"):
-            torch.nn.init.normal_(module.weight, std=0.2)
-    folder = tmp_path_factory.mktemp("live-adapter")
-    adapter.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def motion_lora(tiny_base, live_adapter, tmp_path_factory) -> Path:
-    """A camera-motion-style LoRA: peft on the motion modules' attention of a UNetMotionModel."""
-    from diffusers import AnimateDiffPipeline, MotionAdapter, UNet2DConditionModel, UNetMotionModel
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
-
-    unet2d = UNet2DConditionModel.from_pretrained(tiny_base, subfolder="unet")
-    unet = UNetMotionModel.from_unet2d(unet2d, MotionAdapter.from_pretrained(live_adapter))
-    # Attention only, as AnimateDiff's motion LoRAs (diffusers calls proj_out(input=...), which a
-    # peft LoRA layer on it cannot take).
-    ends = (".to_q", ".to_k", ".to_v", ".to_out.0")
-    targets = [name for name, _ in unet.named_modules() if "motion_modules" in name and name.endswith(ends)]
-    torch.manual_seed(3)
-    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=targets, init_lora_weights=False))
-    folder = tmp_path_factory.mktemp("motion-lora")
-    AnimateDiffPipeline.save_lora_weights(
-        folder, unet_lora_layers=get_peft_model_state_dict(unet), weight_name="shapes-zoom.safetensors"
-    )
-    return folder / "shapes-zoom.safetensors"
 
 
 @pytest.mark.slow
