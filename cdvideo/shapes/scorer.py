@@ -49,6 +49,9 @@ _BORDER = 2
 # Real objects cover >= ~130 px and accessories >= ~80 px; these floors only reject specks.
 _MIN_OBJECT_PIXELS = 20
 _MIN_ACCESSORY_PIXELS = 20
+# Headphones need this many grey pixels more than _NEAR_BODY px from the body (a clean render has ~40).
+_NEAR_BODY = 2
+_MIN_FAR_GREY = 12
 # Subject stripes: each of blue and yellow is ~half the body, with ~3 boundaries on every row.
 _PATTERN_MIN_FRACTION = 0.2
 _PATTERN_MIN_PAIRS = 30
@@ -177,7 +180,13 @@ def _labels(pixels: torch.Tensor, bg: torch.Tensor) -> torch.Tensor:
     # the body (object colour on both sides along the row) where real headphones never are.
     obj = (labels >= _FIRST_OBJ) & (labels < _FIRST_ACC)
     interior = (labels == _GREY) & _shift_any(obj, range(-3, 0)) & _shift_any(obj, range(1, 4))
-    return torch.where(interior, torch.full_like(labels, _OTHER), labels)
+    labels = torch.where(interior, torch.full_like(labels, _OTHER), labels)
+    # The same blend rims the edge of a blurred striped body. Real headphones reach 2-4 px beyond
+    # the body (cups and band); a grey rim hugging the body does not, and is no accessory.
+    grey = labels == _GREY
+    near_body = F.max_pool2d(obj[:, None].float(), 2 * _NEAR_BODY + 1, stride=1, padding=_NEAR_BODY)[:, 0] > 0
+    rim_only = (grey & ~near_body).flatten(1).sum(1) < _MIN_FAR_GREY
+    return torch.where(grey & rim_only[:, None, None], torch.full_like(labels, _OTHER), labels)
 
 
 @functools.lru_cache(maxsize=1)
