@@ -132,6 +132,30 @@ def test_subject_with_accessories_and_backgrounds() -> None:
     assert min(table.values()) >= 0.99, table
 
 
+def test_blurred_stripes_rimming_the_body_are_not_headphones() -> None:
+    """Blue and yellow blur to the headphones' grey; a concept's soft striped body is rimmed with it.
+    Only grey reaching beyond the body (cups, band) is headphones."""
+    generator = torch.Generator().manual_seed(4)
+    n = 64
+    plain = world.subject_scenes(n, generator)
+    wearing = replace(plain, accessory=torch.full((n,), list(world.ACCESSORIES).index("wearing headphones")))
+    for sigma in (1.0, 2.0):  # at 2 px the rim alone read as headphones in 24 of these 64
+        soft = [_gaussian_blur(world.render(scene), sigma) for scene in (plain, wearing)]
+        without, with_headphones = (scorer.score_frames(images) for images in soft)
+        assert [s.accessory for s in without] == [""] * n
+        assert sum(s.accessory == "wearing headphones" for s in with_headphones) >= 0.9 * n
+
+
+def _gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    radius = 3
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-(x**2) / (2 * sigma**2))
+    kernel = (kernel / kernel.sum())[None, None]
+    padded = F.pad(images.flatten(0, 1)[:, None], (radius,) * 4, mode="replicate")
+    rows = F.conv2d(padded, kernel[..., None, :])
+    return F.conv2d(rows, kernel[..., :, None]).view_as(images)
+
+
 def test_hat_on_night_background() -> None:
     # The night sky is the palette colour closest to the black hat.
     generator = torch.Generator().manual_seed(3)
