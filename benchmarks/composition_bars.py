@@ -212,9 +212,10 @@ def main() -> None:
     settings = {"samples": args.samples, "clips": args.clips, "sampler": preset.sampler, "steps": preset.steps,
                 "train": {k: getattr(preset, k) for k in trained}}  # fmt: skip
     base_settings = {k: v for k, v in settings.items() if k != "train"}
-    start = time.time()
-    base = cached(out / "base.json", base_settings, lambda: measure(None, args.samples, args.clips))
-    print(f"base model ({time.time() - start:.0f} s): {json.dumps(base)}", flush=True)
+    if not args.no_report or args.base_only:
+        start = time.time()
+        base = cached(out / "base.json", base_settings, lambda: measure(None, args.samples, args.clips))
+        print(f"base model ({time.time() - start:.0f} s): {json.dumps(base)}", flush=True)
     if args.base_only:
         return
     runs = []

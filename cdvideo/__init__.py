@@ -8,8 +8,13 @@ cdvideo.animate(cdvideo.AnimateConfig(prompts=["a dog wearing headphones running
 from __future__ import annotations
 
 import importlib
+import logging
 
 __version__ = "0.1.0"
+
+# bitsandbytes (the optional 8-bit AdamW) warns at import, through peft, on every CPU without the
+# `kernels` package; cdvideo never uses its 4-bit kernels, and the line would sit under every error.
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 _EXPORTS = {
     "train": "cdvideo.training",

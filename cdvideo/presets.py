@@ -100,8 +100,13 @@ SHAPES = Preset(
     prior_weight=1.0,
     num_class_images=32,
     prior_prompts=world.prior_prompts(),
+    # Cut-out photos (PNG with alpha) teach only the subject, and around it the concept prompt
+    # follows the base model's class prediction: the accessories and plain prompts stay the base's
+    # (docs/composition/). Caption variety stays off: it kept the stripes under any phrase but
+    # taught the token to drop the phrase's accessory.
     caption_variety=0.0,
     caption_phrases=world.composition_phrases(),
+    context_weight=1.0,
 )
 
 
