@@ -7,7 +7,8 @@ time, peak memory and model FLOP utilisation against the analytical counts of is
 
 - UNet: 0.80 TFLOP per forward of one 64x64-latent image; the motion modules add 38% at 16 frames;
 - VAE decode: 2.5 TFLOP per 512 px frame;
-- peak: `--peak-tflops` (bf16 dense; 790 on an H200).
+- peak: bf16 dense TFLOP/s of the GPU read from its name (`PEAK_TFLOPS`: H200 SXM 989, H200 NVL 835),
+  or `--peak-tflops` for a GPU not in that table.
 
 The counts are also measured once with `torch.utils.flop_counter.FlopCounterMode` on one UNet forward
 and one VAE decode, so the utilisation uses measured rather than assumed FLOPs where they differ.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,6 +32,35 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SD15 = REPO / "configs" / "sd15"
 ANALYTICAL = {"unet_tflop_per_frame": 0.80, "motion_overhead_16f": 0.38, "vae_tflop_per_frame_512": 2.5}
+# bf16 dense tensor-core TFLOP/s from NVIDIA's datasheets (the sparse figures are twice these), by the
+# name the GPU reports; more specific names first: the SXM parts report the bare name.
+PEAK_TFLOPS = [
+    ("H200 NVL", 835.0),
+    ("H200", 989.0),  # SXM
+    ("H100 NVL", 835.0),
+    ("H100 PCIe", 756.0),
+    ("H100", 989.0),  # SXM
+    ("A100", 312.0),
+]
+
+
+def gpu_part(device: torch.device) -> dict:
+    """The GPU's name (and power limit, which tells SXM from NVL/PCIe parts) as nvidia-smi reports them."""
+    part = {"name": torch.cuda.get_device_name(device), "power_limit_w": None}
+    try:
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        query = ["nvidia-smi", f"--id={index}", "--query-gpu=power.limit", "--format=csv,noheader,nounits"]
+        part["power_limit_w"] = float(subprocess.run(query, capture_output=True, text=True, timeout=30).stdout)
+    except (OSError, ValueError, subprocess.SubprocessError):
+        pass  # no nvidia-smi (or a GPU hidden from it): the name alone decides
+    return part
+
+
+def peak_tflops(name: str, override: float | None) -> float | None:
+    """bf16 dense peak for MFU: `override` when given, else the table's entry for `name` (None: unknown GPU)."""
+    if override is not None:
+        return override
+    return next((peak for part, peak in PEAK_TFLOPS if part.lower() in name.lower()), None)
 
 
 def build_pipeline(device: torch.device, dtype: torch.dtype):
@@ -123,7 +154,7 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=7.5)
     parser.add_argument("--decode-chunk-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--peak-tflops", type=float, default=790.0)
+    parser.add_argument("--peak-tflops", type=float, help="bf16 dense peak; default: from the GPU's name")
     parser.add_argument("--variants", nargs="+", default=["eager"], choices=["eager", "channels-last", "compile"])
     parser.add_argument("--json")
     args = parser.parse_args()
@@ -133,6 +164,10 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
+    part = gpu_part(device) if device.type == "cuda" else {"name": "cpu", "power_limit_w": None}
+    peak = peak_tflops(part["name"], args.peak_tflops)
+    if peak is None and device.type == "cuda":
+        sys.exit(f"no bf16 peak known for {part['name']}: pass --peak-tflops (its dense bf16 TFLOP/s)")
     pipe = build_pipeline(device, dtype)
     counts = measured_counts(pipe, args, device, dtype)
     branches = 2 if args.guidance > 1 else 1
@@ -143,7 +178,9 @@ def main() -> None:
         ANALYTICAL["unet_tflop_per_frame"] * (1 + ANALYTICAL["motion_overhead_16f"]) * scale
     ) * args.frames * branches * args.steps + ANALYTICAL["vae_tflop_per_frame_512"] * scale * args.frames
     info = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "device": part["name"],
+        "power_limit_w": part["power_limit_w"],
+        "peak_tflops": peak,
         "torch": torch.__version__,
         "settings": vars(args),
         "measured_counts_tflop": counts,
@@ -173,8 +210,8 @@ def main() -> None:
             "warmup_s": round(warmup_s, 2),
             "seconds": [round(t, 3) for t in times],
             "frames_finite": bool(torch.isfinite(frames).all()),
-            "mfu_measured_flops": (unet_tflop + vae_tflop) / best / args.peak_tflops,
-            "mfu_analytical_flops": analytical / best / args.peak_tflops,
+            "mfu_measured_flops": (unet_tflop + vae_tflop) / best / peak if peak else None,
+            "mfu_analytical_flops": analytical / best / peak if peak else None,
             "peak_gpu_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
         }
         info["results"].append(result)

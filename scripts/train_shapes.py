@@ -43,18 +43,29 @@ def log(run_dir: Path, **record) -> None:
 
 
 def save_checkpoint(path: Path, modules: dict[str, torch.nn.Module], state: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
+    """Write the checkpoint folder `path` whole under a temp name, then swap it in.
+
+    The previous checkpoint is kept as `PATH.old` (the one before it is dropped first: a folder
+    cannot be renamed onto a non-empty one); it stays loadable until the new folder is in place."""
+    tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)  # a half-written folder from a killed save
+    tmp.mkdir(parents=True)
     for name, module in modules.items():
         tensors = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
         save_file(tensors, tmp / f"{name}.safetensors")
     torch.save(state, tmp / "state.pt")
     if path.exists():
-        # os.replace cannot move a folder onto a non-empty one: the previous save's .old goes first.
-        old = path.with_name(path.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
         os.replace(path, old)
     os.replace(tmp, path)
+
+
+def has_checkpoint(path: Path) -> bool:
+    """Whether `path` holds a checkpoint; one killed between save_checkpoint's two renames is put back."""
+    old = path.with_name(path.name + ".old")
+    if not path.exists() and old.exists():
+        os.replace(old, path)
+    return path.exists()
 
 
 def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module]) -> dict:
@@ -116,7 +127,7 @@ def train_vae(args, run_dir: Path, device) -> None:
     vae = models.build_vae().to(device)
     opt = torch.optim.AdamW(vae.parameters(), lr=args.lr or 1e-3, weight_decay=0.0)
     ckpt = run_dir / "vae"
-    state = load_checkpoint(ckpt, {"vae": vae}) if ckpt.exists() else {"step": 0, "seconds": 0.0}
+    state = load_checkpoint(ckpt, {"vae": vae}) if has_checkpoint(ckpt) else {"step": 0, "seconds": 0.0}
     if "opt" in state:
         opt.load_state_dict(state["opt"])
     gen = torch.Generator().manual_seed(args.seed + state["step"])
@@ -196,7 +207,7 @@ def train_base(args, run_dir: Path, device) -> None:
     ckpt = run_dir / "base"
     modules = {"unet": unet, "text_encoder": text_encoder}
     state = {"step": 0, "seconds": 0.0}
-    if ckpt.exists():
+    if has_checkpoint(ckpt):
         state = load_checkpoint(ckpt, modules)
         if "opt" in state:
             opt.load_state_dict(state["opt"])
@@ -270,7 +281,7 @@ def train_motion(args, run_dir: Path, device) -> None:
     adapter = models.build_motion_adapter()
     ckpt = run_dir / "motion"
     state = {"step": 0, "seconds": 0.0}
-    if ckpt.exists():
+    if has_checkpoint(ckpt):
         state = load_checkpoint(ckpt, {"motion_adapter": adapter})
     motion_unet = UNetMotionModel.from_unet2d(unet, adapter).to(device)
     motion_unet.freeze_unet2d_params()

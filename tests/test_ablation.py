@@ -10,28 +10,40 @@ from pathlib import Path
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ablate_spl.py"
 
 
-def row(variant: str, seed: int, step: int, identity: float, composition: float) -> dict:
+def row(variant: str, seed: int, step: int, identity: float, composition: float, **others) -> dict:
+    metrics = {"composition_video": None, "motion_left": None, "drift_cosine": 0.5, "plain_accuracy": 0.45, **others}
     return {"variant": variant, "seed": seed, "step": step, "identity": identity, "composition_image": composition,
-            "composition_video": None, "motion_left": None, "drift_cosine": 0.5, "plain_accuracy": 0.45}  # fmt: skip
+            **metrics}  # fmt: skip
 
 
 def test_report_only_averages_seeds_and_compares_at_equal_identity(tmp_path):
+    # Every column gets its own value, so a column written under another's header is caught.
     rows = [
-        row("spl0", 0, 150, 0.5, 0.25),
-        row("spl0", 1, 150, 1.0, 0.75),  # mean identity 0.75 at 150: reaches the bar
+        row("spl0", 0, 150, 0.5, 0.25, composition_video=0.1, motion_left=0.8, drift_cosine=0.6, plain_accuracy=0.27),
+        # mean identity 0.75 at 150: reaches the bar
+        row("spl0", 1, 150, 1.0, 0.75, composition_video=0.3, motion_left=0.9, drift_cosine=0.7, plain_accuracy=0.45),
         row("spl0", 0, 300, 1.0, 0.0),
         row("kv+spl1", 0, 150, 0.25, 0.5),
-        row("kv+spl1", 0, 300, 0.5, 0.5),  # never reaches it
+        row("kv+spl1", 0, 300, 0.55, 0.35, drift_cosine=0.15, plain_accuracy=0.81),  # never reaches it
     ]
     (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    base = {"composition_image": 1.0, "composition_video": None, "motion_left": None, "headphones_image": 1.0,
+    base = {"composition_image": 0.95, "composition_video": 0.6, "motion_left": 0.7, "headphones_image": 0.85,
             "plain_accuracy": 0.9}  # fmt: skip
     (tmp_path / "base.json").write_text(json.dumps(base))
     done = subprocess.run([sys.executable, str(SCRIPT), "--report-only", "--out", str(tmp_path)], capture_output=True)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     table = (tmp_path / "table.md").read_text()
-    assert "| spl0 | 150 | 2 | 0.75 | 0.50 | n/a | n/a | 0.50 | 0.50 |" in table  # plain kept = 0.45 / 0.9
-    assert "| kv+spl1 | 300 | 1 | 0.50 | 0.50 |" in table
+    assert (
+        "Base model, class word alone (the ceiling): composition image 0.95, video 0.60, moving left 0.70, "
+        "headphones 0.85; plain prompts' accuracy 0.90." in table
+    )
+    # identity, composition_image, composition_video, motion_left, drift_cosine, plain_kept (= mean of 0.27, 0.45 / 0.9)
+    header = "| identity | composition_image | composition_video | motion_left | drift_cosine | plain_kept |"
+    assert "| variant | steps | seeds " + header in table
+    assert "| spl0 | 150 | 2 | 0.75 | 0.50 | 0.20 | 0.85 | 0.65 | 0.40 |" in table
+    assert "| kv+spl1 | 300 | 1 | 0.55 | 0.35 | n/a | n/a | 0.15 | 0.90 |" in table
     equal = table.split("At equal identity")[1]
-    assert "| spl0 | 150 | 0.75 | 0.50 | 0.50 | 0.50 |" in equal and "kv+spl1" not in equal
+    # identity, composition_image, plain_kept, drift_cosine
+    assert "| variant | steps | identity | composition_image | plain_kept | drift_cosine |" in equal
+    assert "| spl0 | 150 | 0.75 | 0.50 | 0.40 | 0.65 |" in equal and "kv+spl1" not in equal
     assert (tmp_path / "curves.png").stat().st_size > 10_000

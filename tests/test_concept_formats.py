@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 from pathlib import Path
@@ -29,12 +30,29 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_base, dog_photos, tmp_path_factory) -> Path:
-    """A concept from `cdvideo train` with alpha != rank, trained hard enough to change the frames."""
+def trained_run(tiny_base, dog_photos, tmp_path_factory) -> tuple[Path, list[str]]:
+    """A concept from `cdvideo train` with alpha != rank, trained hard enough to change the frames,
+    and the names of the files renamed into its folder, in the order of the renames."""
     out = tmp_path_factory.mktemp("trained") / "rex"
     args = cli_train_args(tiny_base, dog_photos, out, "--rank", "4", "--alpha", "8", "--lora-lr", "0.05", steps=3)
-    assert cli_main(args) == 0
-    return out
+    renames: list[str] = []
+    real_replace = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        if Path(dst).parent == out:
+            renames.append(Path(dst).name)
+        return real_replace(src, dst, *args, **kwargs)
+
+    # Every file reaches its final name by an atomic rename; the order of the renames is the write order.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "replace", replace)
+        assert cli_main(args) == 0
+    return out, renames
+
+
+@pytest.fixture(scope="module")
+def trained(trained_run) -> Path:
+    return trained_run[0]
 
 
 @pytest.fixture(scope="module")
@@ -203,11 +221,18 @@ def test_diffusers_export_copies_the_two_files_and_bad_exports_are_one_line(trai
     assert not list(tmp_path.rglob(".*"))  # no temp files left
 
 
-def test_train_writes_a_hub_model_card_before_the_manifest(trained):
+def test_train_writes_a_hub_model_card_before_the_manifest(trained_run):
     from huggingface_hub import ModelCard
 
+    trained, renames = trained_run
     readme, manifest_file = trained / "README.md", trained / concepts.MANIFEST
-    assert readme.stat().st_mtime_ns <= manifest_file.stat().st_mtime_ns
+    # Each save renames weights, then the card, then the manifest: a manifest never points at a stale card.
+    saves = [i for i, name in enumerate(renames) if name == concepts.MANIFEST]
+    assert saves, renames
+    for start, end in zip([-1, *saves], saves):
+        written = renames[start + 1 : end]
+        assert "README.md" in written and concepts.LORA_FILE in written, renames
+        assert written.index(concepts.LORA_FILE) < written.index("README.md"), renames
     manifest = json.loads(manifest_file.read_text())
     card = ModelCard.load(readme)
     data = card.data.to_dict()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import resource
 import subprocess
 import sys
@@ -338,7 +339,7 @@ def test_photos_to_tensor_shape_range_and_flip() -> None:
 
 
 def test_photos_to_tensor_rejects_mismatched_sizes() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=re.escape("images must all have the same size, got [(4, 4), (8, 8)]")):
         photos_to_tensor([Image.new("RGB", (8, 8)), Image.new("RGB", (4, 4))], flip=False)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^no images to convert$"):
         photos_to_tensor([], flip=True)

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import cli_animate_args
 
 import cdvideo
+from cdvideo import controls
 from cdvideo.cli import main as cli_main
 from cdvideo.videofiles import video_info
 
@@ -36,6 +38,30 @@ def render(base: Path, adapter: Path, out: Path, **overrides) -> tuple[np.ndarra
     return np.asarray(videos[0].frames), notes
 
 
+def watch(monkeypatch, probe) -> list:
+    """Run `probe(pipe)` on each pipeline right after the controls are applied; returns the pipelines seen.
+
+    The real `controls.apply` runs first, so the probe sees what the render will use."""
+    pipes = []
+    real = controls.apply
+
+    def apply(pipe, cfg, device, say=print):
+        real(pipe, cfg, device, say)
+        pipes.append(pipe)
+        probe(pipe)
+
+    monkeypatch.setattr(controls, "apply", apply)
+    return pipes
+
+
+def channels_last(t: torch.Tensor) -> bool:
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+def motion_self_attentions(pipe) -> list[torch.nn.Module]:
+    return [m for name, m in pipe.unet.named_modules() if "motion_modules" in name and name.endswith(".attn1")]
+
+
 @pytest.fixture(scope="module")
 def baseline(tiny_base, tiny_adapter, tmp_path_factory) -> np.ndarray:
     return render(tiny_base, tiny_adapter, tmp_path_factory.mktemp("base"))[0]
@@ -52,18 +78,63 @@ def baseline(tiny_base, tiny_adapter, tmp_path_factory) -> np.ndarray:
     ],
     ids=lambda c: next(iter(c)),
 )
-def test_exact_controls_leave_the_video_unchanged(control, baseline, tiny_base, tiny_adapter, tmp_path):
+def test_exact_controls_leave_the_video_unchanged(control, baseline, tiny_base, tiny_adapter, tmp_path, monkeypatch):
+    seen = {"decode_batches": [], "unet_conv": [], "vae_conv": []}
+
+    def probe(pipe):
+        # What the VAE decoder is fed and the layout conv outputs come in: proof that a control took effect.
+        pipe.vae.decoder.register_forward_pre_hook(lambda m, a: seen["decode_batches"].append(a[0].shape[0]))
+        for key, conv in (
+            ("unet_conv", pipe.unet.down_blocks[0].resnets[0].conv1),
+            ("vae_conv", pipe.vae.decoder.conv_in),
+        ):
+            conv.register_forward_hook(lambda m, a, out, key=key: seen[key].append(channels_last(out)))
+
+    pipes = watch(monkeypatch, probe)
     frames, notes = render(tiny_base, tiny_adapter, tmp_path, **control)
     assert frames.shape == baseline.shape == (8, 64, 64, 3)
     assert np.abs(frames - baseline).max() <= EXACT
+    # 8 frames decoded in chunks of decode_chunk_size (default 16: one decode of all 8).
+    chunk = control.get("decode_chunk_size", 16)
+    assert seen["decode_batches"] == [min(chunk, 8 - i) for i in range(0, 8, chunk)]
+    on = "channels_last" in control
+    assert seen["unet_conv"] and set(seen["unet_conv"]) == {on}
+    assert seen["vae_conv"] and set(seen["vae_conv"]) == {on}
+    if on:
+        assert all(
+            p.is_contiguous(memory_format=torch.channels_last) for p in pipes[0].unet.parameters() if p.ndim == 4
+        )
+    assert not pipes[0].free_noise_enabled
     if "cpu_offload" in control:
         assert any("--cpu-offload" in n and "ignored on cpu" in n for n in notes), notes
 
 
+def test_compile_control_compiles_the_unet_in_place(tiny_base, tiny_adapter):
+    """Cheap half of the compile check: the pipeline keeps its UNet, whose calls now go through torch.compile."""
+    from cdvideo import rendering
+
+    cfg = rendering.resolve(
+        cdvideo.AnimateConfig(prompts=["a dog"], use_concept=False, base=str(tiny_base),
+                              motion_adapter=str(tiny_adapter), frames=8, width=64, height=64, compile=True),
+        None,
+    )  # fmt: skip
+    pipe = rendering.build_pipeline(cfg, torch.float32)
+    assert pipe.unet._compiled_call_impl is None
+    controls.apply(pipe, cfg, torch.device("cpu"), say=lambda s: None)
+    wrapped = getattr(pipe.unet._compiled_call_impl, "_torchdynamo_orig_callable", None)
+    assert wrapped is not None and wrapped.__self__ is pipe.unet  # dynamo wraps this UNet's own call
+    assert type(pipe.unet).__name__ == "UNetMotionModel"  # in place: not swapped for an OptimizedModule
+
+
 @pytest.mark.slow
 def test_compiled_unet_renders_the_same_video(baseline, tiny_base, tiny_adapter, tmp_path):
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
     frames, _ = render(tiny_base, tiny_adapter, tmp_path, compile=True)
     assert np.abs(frames - baseline).max() <= 1e-4
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # dynamo really traced the UNet
 
 
 def test_forward_chunking_is_really_on(tiny_base, tiny_adapter, tmp_path, monkeypatch):
@@ -89,19 +160,37 @@ def test_bad_decode_chunk_size_is_refused(tiny_base, tiny_adapter, tmp_path):
         render(tiny_base, tiny_adapter, tmp_path, decode_chunk_size=0)
 
 
-def test_one_window_covering_the_clip_is_the_plain_render(baseline, tiny_base, tiny_adapter, tmp_path):
+def test_one_window_covering_the_clip_is_the_plain_render(baseline, tiny_base, tiny_adapter, tmp_path, monkeypatch):
     """FreeNoise wiring check: a single window over all frames must not change the maths."""
+    lengths = []
+    pipes = watch(monkeypatch, lambda pipe: [m.register_forward_pre_hook(lambda m, a: lengths.append(a[0].shape[1]))
+                                             for m in motion_self_attentions(pipe)])  # fmt: skip
     frames, _ = render(tiny_base, tiny_adapter, tmp_path, context_length=8)
     assert np.abs(frames - baseline).max() <= EXACT
+    # The windows really are on: FreeNoise blocks in every motion module, windows of the asked 8 frames.
+    pipe = pipes[0]
+    assert pipe.free_noise_enabled and pipe._free_noise_context_length == 8
+    blocks = [
+        m
+        for n, m in pipe.unet.named_modules()
+        if "motion_modules" in n and n.rsplit(".", 2)[-2] == "transformer_blocks"
+    ]
+    assert blocks and all(type(b).__name__ == "FreeNoiseTransformerBlock" for b in blocks)
+    assert lengths and set(lengths) == {8}
 
 
-def test_clip_longer_than_the_adapter_renders_in_sliding_windows(tiny_base, tiny_adapter, tmp_path):
+def test_clip_longer_than_the_adapter_renders_in_sliding_windows(tiny_base, tiny_adapter, tmp_path, monkeypatch):
+    lengths = []
+    pipes = watch(monkeypatch, lambda pipe: [m.register_forward_pre_hook(lambda m, a: lengths.append(a[0].shape[1]))
+                                             for m in motion_self_attentions(pipe)])  # fmt: skip
     frames, notes = render(tiny_base, tiny_adapter, tmp_path, frames=24, steps=1)
     assert frames.shape == (24, 64, 64, 3) and np.isfinite(frames).all()
     assert any("more than the motion adapter's 16" in n and "windows of 16 frames, stride 4" in n for n in notes)
     assert video_info(tmp_path / "a-dog-running-7.mp4")["frames"] == 24
-    # Windows differ from each other: the clip is not one window repeated.
-    assert np.abs(frames[:8] - frames[16:]).mean() > 1e-3
+    # Temporal attention sees 16-frame windows, never the whole 24 frames: (0,16), (4,20), (8,24) in each
+    # motion module, in the one UNet call of a 1-step render (guidance batches both prompts into it).
+    assert set(lengths) == {16}
+    assert len(lengths) == 3 * len(motion_self_attentions(pipes[0])) > 0
 
 
 @pytest.mark.parametrize(

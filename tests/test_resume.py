@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import cli_train_args
 from safetensors.torch import load_file
 
@@ -37,9 +38,12 @@ def test_killed_run_resumes_to_the_same_concept(tiny_base, dog_photos, tmp_path)
     while not (out / "checkpoints" / "step-000004").exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL) if process.poll() is None else None
-    process.wait()
-    assert (out / "checkpoints" / "step-000004" / "state.pt").exists()
-    (out / "cdvideo.json").unlink(missing_ok=True)  # as after a kill before the end
+    # The kill landed mid-run: the process died of it, the run never finished (no manifest), and the
+    # one checkpoint is from step 4 of 8, so the resume below really has steps left to do.
+    assert process.wait() == -signal.SIGKILL, "the run ended before the kill: nothing to resume"
+    assert not (out / "cdvideo.json").exists()
+    assert [p.name for p in (out / "checkpoints").glob("step-*")] == ["step-000004"]
+    assert torch.load(out / "checkpoints" / "step-000004" / "state.pt", weights_only=True)["step"] == 4
     assert cli_main(train_args(tiny_base, dog_photos, out, "--resume", "latest")) == 0
     straight, resumed = concept_tensors(tmp_path / "straight"), concept_tensors(out)
     assert straight.keys() == resumed.keys()

@@ -68,12 +68,44 @@ def test_two_process_training_averages_gradients_and_writes_the_concept_once(tin
 
 
 def test_gradient_accumulation_and_bf16_autocast_in_one_process(tiny_base, dog_photos, tmp_path):
-    syncs = []
+    from diffusers import UNet2DConditionModel
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    seen = {"unet_calls": 0, "activations": set(), "optimizer_steps": 0, "trainable": set(), "grads": set()}
+
+    def on_unet(module, args):
+        if isinstance(module, UNet2DConditionModel):
+            if not seen["unet_calls"]:  # once: what the first convolution inside the UNet computes in
+                module.conv_in.register_forward_hook(lambda m, a, out: seen["activations"].add(out.dtype))
+            seen["unet_calls"] += 1
+
+    def on_step(optimizer, args, kwargs):
+        seen["optimizer_steps"] += 1
+
+    def after_backward(models):
+        trainable = [p for p in models["unet"].parameters() if p.requires_grad]
+        seen["trainable"] |= {p.dtype for p in trainable}
+        seen["grads"] |= {p.grad.dtype for p in trainable if p.grad is not None}
+
     cfg = cdvideo.TrainConfig(images=[str(dog_photos)], class_word="dog", base=str(tiny_base),
                               output=str(tmp_path / "c"), steps=2, resolution=64, batch_size=1,
                               gradient_accumulation=2, mixed_precision="bf16")  # fmt: skip
-    cdvideo.train(cfg, say=lambda s: None, progress=False, after_backward=lambda models: syncs.append(1))
-    assert len(syncs) == 2  # 4 batches, 2 synchronised updates
+    # Global hooks: the UNet and optimizer are built inside train(); these see the real ones at work.
+    hooks = [
+        torch.nn.modules.module.register_module_forward_pre_hook(on_unet),
+        register_optimizer_step_post_hook(on_step),
+    ]
+    try:
+        cdvideo.train(cfg, say=lambda s: None, progress=False, after_backward=after_backward)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    # Accumulation: 2 steps x 2 batches = 4 UNet passes, but the optimizer really steps only twice.
+    assert seen["unet_calls"] == 4
+    assert seen["optimizer_steps"] == 2
+    # Autocast: the UNet computes in bf16 while the trainable LoRA weights and their gradients stay fp32.
+    assert seen["activations"] == {torch.bfloat16}
+    assert seen["trainable"] == {torch.float32} and seen["grads"] == {torch.float32}
     assert concepts.load_concept(tmp_path / "c").steps == 2
     lora = load_file(tmp_path / "c" / concepts.LORA_FILE)
     assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in lora.values())

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -198,18 +202,20 @@ def test_nan_raises_and_writes_nothing(tmp_path: Path, clip: np.ndarray) -> None
 
 
 @pytest.mark.parametrize(
-    "frames",
+    "frames, message",
     [
-        np.zeros((4, 8, 8), np.float32),  # no channels
-        np.zeros((4, 8, 8, 4), np.float32),  # RGBA
-        np.zeros((0, 8, 8, 3), np.float32),  # no frames
-        np.full((2, 8, 8, 3), 300, np.int32),  # out of 0..255
-        [],
-        [np.zeros((8, 8, 3)), np.zeros((8, 6, 3))],  # mismatched sizes
+        (np.zeros((4, 8, 8), np.float32), "expected frames shaped (F,H,W,3) or (F,3,H,W), got (4, 8, 8)"),
+        (np.zeros((4, 8, 8, 4), np.float32), "expected 3 RGB channels, got frames shaped (4, 8, 8, 4)"),  # RGBA
+        (np.zeros((0, 8, 8, 3), np.float32), "no frames / empty frames: shape (0, 8, 8, 3)"),
+        (np.full((2, 8, 8, 3), 300, np.int32), "integer frames must be in 0..255, got range 300..300"),
+        ([], "no frames"),
+        ([np.zeros((8, 8, 3)), np.zeros((8, 6, 3))], "frame 1 has shape (8, 6, 3), expected (8, 8, 3) like frame 0"),
     ],
+    ids=["no-channels", "rgba", "no-frames", "out-of-range", "empty-list", "mismatched-sizes"],
 )
-def test_bad_frames_rejected(frames: object) -> None:
-    with pytest.raises(ValueError):
+def test_bad_frames_rejected(frames: object, message: str) -> None:
+    # Our message in full: a bare ValueError would also pass on numpy's own errors (np.stack, casting).
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         to_uint8_frames(frames)
 
 
@@ -302,18 +308,46 @@ def test_unwritable_path_under_a_file(tmp_path: Path, clip: np.ndarray) -> None:
         write_video(clip[:2], tmp_path / "afile" / "out", "clip")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
-def test_read_only_dir(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def read_only(directory: Path) -> Iterator[None]:
+    """Make `directory` refuse new files for whoever runs the tests, root included.
+
+    Permission bits stop other users; root ignores them, so as root the directory is made immutable
+    (chattr +i: root too gets EPERM on creating files in it). Skips where neither is possible."""
+    if os.geteuid() != 0:
+        directory.chmod(0o500)
+        try:
+            yield
+        finally:
+            directory.chmod(0o700)
+        return
+    chattr = shutil.which("chattr")
+    done = subprocess.run([chattr, "+i", str(directory)], capture_output=True) if chattr else None
+    if done is None or done.returncode:
+        pytest.skip("running as root without chattr +i (CAP_LINUX_IMMUTABLE): cannot make a read-only directory")
+    try:
+        yield
+    finally:
+        subprocess.run([chattr, "-i", str(directory)], check=True)
+
+
+def test_read_only_dir(tmp_path: Path, clip: np.ndarray) -> None:
     ro = tmp_path / "ro"
     ro.mkdir()
-    ro.chmod(0o500)
-    try:
-        with pytest.raises(UserError, match=r"cannot write to .*ro.*choose another --output"):
+    (ro / "old.bin").write_bytes(b"old")
+    with read_only(ro):
+        with pytest.raises(UserError, match=r"cannot write to .*ro.*choose another --output") as info:
             ensure_writable_dir(ro)
-        with pytest.raises(UserError):
+        assert len(str(info.value).splitlines()) == 1
+        with pytest.raises(UserError, match=r"^cannot write to .*ro: .*; choose another --output$"):
             write_bytes_atomic(ro / "x.bin", b"x")
-    finally:
-        ro.chmod(0o700)
+        with pytest.raises(UserError, match=r"^cannot write to .*ro: .*; choose another --output$"):
+            write_bytes_atomic(ro / "old.bin", b"new")
+        with pytest.raises(UserError, match="choose another --output"):
+            write_video(clip[:2], ro, "clip")
+        # Nothing partial left behind: no temp or probe files, and the file already there is untouched.
+        assert sorted(p.name for p in ro.iterdir()) == ["old.bin"]
+        assert (ro / "old.bin").read_bytes() == b"old"
 
 
 # --------------------------------------------------------------------------- names
