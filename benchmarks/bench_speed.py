@@ -45,8 +45,8 @@ def stock_pipeline():
 
     from cdvideo.shapes.models import BASE_DIR, MOTION_DIR
 
-    adapter = MotionAdapter.from_pretrained(MOTION_DIR)
-    pipe = AnimateDiffPipeline.from_pretrained(BASE_DIR, motion_adapter=adapter)
+    adapter = MotionAdapter.from_pretrained(MOTION_DIR, torch_dtype=torch.float32)
+    pipe = AnimateDiffPipeline.from_pretrained(BASE_DIR, motion_adapter=adapter, torch_dtype=torch.float32)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
 
