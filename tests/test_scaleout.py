@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -129,7 +130,8 @@ def test_batch_rendering_splits_prompt_seed_jobs_and_writes_each_once(tiny_base,
     )
     out = tmp_path / "out"
     result = launch(["-m", "cdvideo.cli", "animate", "--prompt-file", str(prompts), "--output", str(out)], tmp_path)
-    wrote = [line for line in result.stdout.splitlines() if line.startswith("wrote ")]
+    # Two processes share one stdout, so a line may start mid-way through the other's: find, don't split.
+    wrote = re.findall(r"wrote (\S+\.mp4) and", result.stdout)
     assert len(wrote) == 6 and len(set(wrote)) == 6  # 3 prompts x 2 seeds, each by one process
     for kind in ("mp4", "gif", "json"):
         assert len(list(out.glob(f"*.{kind}"))) == 6
