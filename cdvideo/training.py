@@ -417,6 +417,42 @@ def _validation_hook(cfg: TrainConfig, pipe, out: Path) -> Callable[[int], None]
     return validate_at
 
 
+def _precompute(cfg: TrainConfig, tokenizer, text_encoder, vae, photos, class_data, device, say) -> dict:
+    """What never changes during training: photo latents (with flips) and masks, the class images'
+    latents and captions, the captions' token ids and the class phrase's features."""
+    if class_data:
+        class_set, class_pixels, class_captions = class_data
+    eos_id = tokenizer.eos_token_id
+    concept_phrase = f"a photo of a {cfg.token} {cfg.class_word}"
+    phrases = presets.preset_for(cfg.base).caption_phrases if cfg.caption_variety else ()
+    concept_ids = _tokenize(tokenizer, [concept_phrase, *(f"{concept_phrase} {p}" for p in phrases)], device)
+    class_phrase = f"a photo of a {cfg.class_word}"
+    class_ids = _tokenize(tokenizer, [class_phrase], device)
+    latent_size = cfg.resolution // 2 ** (len(vae.config.block_out_channels) - 1)
+    with torch.no_grad():
+        batch = {
+            "instance": _latent_distribution(vae, data.photos_to_tensor(photos.images, flip=cfg.flip)),
+            "class": _class_latents(cfg, class_set, class_pixels, vae, say) if class_data else None,
+            "concept_ids": concept_ids,
+            "variety": cfg.caption_variety,
+            # The base model's view of each subject caption: the class phrase with the same words.
+            "teacher_hidden": text_encoder(
+                _tokenize(tokenizer, [class_phrase, *(f"{class_phrase} {p}" for p in phrases)], device)
+            )[0]
+            if cfg.context_weight and cfg.masked_loss
+            else None,
+            "masks": data.masks_to_tensor(photos.masks, cfg.flip, latent_size).to(device) if cfg.masked_loss else None,
+            "eos_id": eos_id,
+            "class_features": eos_features(text_encoder, class_ids, eos_id),
+            "class_spl": phrase_features(text_encoder, class_ids, eos_id, cfg.spl_pooling),
+        }
+        if class_data:
+            unique = sorted(set(class_captions))
+            batch["class_hidden"] = text_encoder(_tokenize(tokenizer, unique, device))[0]
+            batch["class_caption"] = torch.tensor([unique.index(c) for c in class_captions], device=device)
+    return batch
+
+
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
     """One process: a plain loop on the chosen device. Under `accelerate launch`: data parallel,
     mixed precision and gradient accumulation, as launched."""
@@ -529,36 +565,8 @@ def train(
     embeddings, optimizer, unet_weights = make_trainable(cfg, unet, text_encoder, vae, token_id)
     original_rows = embeddings.detach().clone()
 
-    # Precompute what never changes: photo latents (with flips) and the class phrase's features.
-    eos_id = tokenizer.eos_token_id
-    concept_phrase = f"a photo of a {cfg.token} {cfg.class_word}"
-    phrases = presets.preset_for(cfg.base).caption_phrases if cfg.caption_variety else ()
-    concept_ids = _tokenize(tokenizer, [concept_phrase, *(f"{concept_phrase} {p}" for p in phrases)], device)
-    class_phrase = f"a photo of a {cfg.class_word}"
-    class_ids = _tokenize(tokenizer, [class_phrase], device)
-    latent_size = cfg.resolution // 2 ** (len(vae.config.block_out_channels) - 1)
-    with torch.no_grad():
-        class_features = eos_features(text_encoder, class_ids, eos_id)
-        batch = {
-            "instance": _latent_distribution(vae, data.photos_to_tensor(photos.images, flip=cfg.flip)),
-            "class": _class_latents(cfg, class_set, class_pixels, vae, say) if class_pixels is not None else None,
-            "concept_ids": concept_ids,
-            "variety": cfg.caption_variety,
-            # The base model's view of each subject caption: the class phrase with the same words.
-            "teacher_hidden": text_encoder(
-                _tokenize(tokenizer, [class_phrase, *(f"{class_phrase} {p}" for p in phrases)], device)
-            )[0]
-            if cfg.context_weight and cfg.masked_loss
-            else None,
-            "masks": data.masks_to_tensor(photos.masks, cfg.flip, latent_size).to(device) if cfg.masked_loss else None,
-            "eos_id": eos_id,
-            "class_features": class_features,
-            "class_spl": phrase_features(text_encoder, class_ids, eos_id, cfg.spl_pooling),
-        }
-        if class_pixels is not None:
-            unique = sorted(set(class_captions))
-            batch["class_hidden"] = text_encoder(_tokenize(tokenizer, unique, device))[0]
-            batch["class_caption"] = torch.tensor([unique.index(c) for c in class_captions], device=device)
+    class_data = (class_set, class_pixels, class_captions) if class_pixels is not None else None
+    batch = _precompute(cfg, tokenizer, text_encoder, vae, photos, class_data, device, say)
 
     memory.prepare_models(cfg, unet, text_encoder, vae)  # after the fp32 precomputation above
 
@@ -638,7 +646,8 @@ def train(
     if not main:
         return out
     with torch.no_grad(), accelerator.autocast():
-        final_cosine = concept_class_cosine(eos_features(text_encoder, concept_ids[:1], eos_id), class_features).item()
+        concept = eos_features(text_encoder, batch["concept_ids"][:1], batch["eos_id"])
+        final_cosine = concept_class_cosine(concept, batch["class_features"]).item()
     concept = concept_record(cfg, cfg.steps, round(final_cosine, 6), log.last)
     save_concept(out, concept, unet_weights.state(), embeddings[token_id])
     # After the concept: a run that fails while saving leaves the earlier concept's files as they were.
