@@ -100,7 +100,6 @@ def resolve(cfg: AnimateConfig, concept: concepts.Concept | None) -> AnimateConf
         ("frames", preset.frames),
         ("width", preset.resolution),
         ("height", preset.resolution),
-        ("steps", preset.steps),
         ("guidance", preset.guidance),
         ("fps", preset.fps),
     ):
