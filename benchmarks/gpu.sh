@@ -10,3 +10,6 @@ timeout "${RENDER_S:-150}" python3 benchmarks/bench_render_limit.py --variants e
   --json "$OUT/render_limit.json" 2>&1 | grep -v "kept in float32"
 timeout "${TRAIN_S:-80}" python3 benchmarks/bench_train.py --model sd15-random --resolution 512 --batch-size 4 \
   --steps 10 --warmup 3 --rounds 1 --device cuda --json "$OUT/train_512.json"
+# Issue 17: peak memory of a 512 px, batch 1 training step with each memory option (max_memory_allocated).
+timeout "${MEMORY_S:-200}" python3 benchmarks/bench_memory.py --resolution 512 --device cuda \
+  --json "$OUT/memory_512.json" 2>&1 | grep -v "kept in float32"
