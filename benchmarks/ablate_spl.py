@@ -33,17 +33,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cdvideo  # noqa: E402
 from cdvideo import concept as concepts  # noqa: E402
-from cdvideo import loading, presets  # noqa: E402
+from cdvideo import presets  # noqa: E402
 from cdvideo.atomic import write_text_atomic  # noqa: E402
 from cdvideo.demo import write_subject_photos  # noqa: E402
 from cdvideo.errors import UserError  # noqa: E402
 from cdvideo.loss import concept_class_cosine, eos_features  # noqa: E402
 from cdvideo.shapes import scorer, world  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import composition_bars  # noqa: E402
 
 CLASS_PRIOR = {"prior_weight": 1.0, "class_prompts": ["a photo of a circle"]}  # DreamBooth's prior
 # A bank of seen captions: the class phrase interleaved with every (class, colour), circles included.
@@ -145,17 +147,8 @@ def composed(score, is_base: bool) -> bool:
 
 
 def pipelines(folder: Path | None):
-    """An image and a video pipeline, as `cdvideo animate` would build each, with the concept if any."""
-    image = loading.load_image_pipeline("shapes")
-    video = loading.video_pipeline(loading.load_image_pipeline("shapes"), loading.load_motion_adapter("shapes"))
-    for pipe in (image, video):
-        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, **presets.SHAPES.scheduler)
-        pipe.set_progress_bar_config(disable=True)
-    if folder is not None:  # a concept loads once per text encoder
-        concept = concepts.load_concept(folder)
-        concepts.apply_concept(image, folder, concept)
-        concepts.apply_concept(video, folder, concept)
-    return image, video
+    """The ablation's pipelines: DDIM (its tables were measured with it), concept loaded if any."""
+    return composition_bars.pipelines(folder, sampler="ddim")
 
 
 def measure_identity(image, subject: str, budget: Budget, seed: int) -> float:

@@ -48,12 +48,13 @@ def composition_prompts() -> list[str]:
     return [*accessories, *backgrounds, *(f"{a} {b}" for a in accessories for b in backgrounds)]
 
 
-def pipelines(folder: Path | None):
-    """Image and video pipelines as `cdvideo animate` builds them, at the family's shipped sampler."""
+def pipelines(folder: Path | None, sampler: str | None = None):
+    """Image and video pipelines as `cdvideo animate` builds them (the family's sampler unless named),
+    with the concept in `folder` loaded once per text encoder."""
     image = loading.load_image_pipeline("shapes")
     video = loading.video_pipeline(loading.load_image_pipeline("shapes"), loading.load_motion_adapter("shapes"))
-    image.scheduler = presets.make_scheduler("shapes", None, image.scheduler.config, video=False)
-    video.scheduler = presets.make_scheduler("shapes", None, video.scheduler.config)
+    image.scheduler = presets.make_scheduler("shapes", sampler, image.scheduler.config, video=False)
+    video.scheduler = presets.make_scheduler("shapes", sampler, video.scheduler.config)
     for pipe in (image, video):
         pipe.set_progress_bar_config(disable=True)
     if folder is not None:

@@ -141,7 +141,6 @@ SAMPLERS = {
         ),
     )
 }
-LIGHTNING = SAMPLERS["lightning"]
 
 
 def sampler_steps(preset: Preset, sampler: Sampler) -> int:
