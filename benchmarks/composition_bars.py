@@ -43,9 +43,7 @@ BARS = {"identity": 0.90, "headphones": 0.80, "relative": 0.85, "plain_kept": 0.
 def composition_prompts() -> list[str]:
     """Every accessory, every background, and every accessory + background pair (headphones alone
     has its own, absolute bar)."""
-    accessories = [a for a in world.ACCESSORIES if a]
-    backgrounds = [b for b in world.BACKGROUNDS if b]
-    return [*accessories, *backgrounds, *(f"{a} {b}" for a in accessories for b in backgrounds)]
+    return [p for p in world.scene_phrases() if p != HEADPHONES]
 
 
 def pipelines(folder: Path | None, sampler: str | None = None):

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import diffusers
 
 from cdvideo.errors import UserError
-from cdvideo.shapes import world
+from cdvideo.shapes import scorer, world
 
 SD15_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SD15_MOTION_ADAPTER = "guoyww/animatediff-motion-adapter-v1-5-2"
@@ -47,6 +48,12 @@ class Preset:
     caption_phrases: tuple[str, ...] = ()
     # Masked photos: weight of matching the base model's class prediction around the subject.
     context_weight: float = 0.0
+    # Scene composites (cdvideo/composites.py): this share of subject items is the subject fitted
+    # into the base model's pictures of its class with these phrases, found by `locate_object`.
+    composites: float = 0.0
+    num_composites: int = 48
+    composite_phrases: tuple[str, ...] = ()
+    locate_object: Callable | None = None
 
 
 SD15 = Preset(
@@ -107,6 +114,9 @@ SHAPES = Preset(
     caption_variety=0.0,
     caption_phrases=world.composition_phrases(),
     context_weight=1.0,
+    composites=0.5,
+    composite_phrases=world.scene_phrases(),
+    locate_object=scorer.object_masks,
 )
 
 

@@ -23,8 +23,8 @@ from diffusers import DDPMScheduler
 from peft import LoraConfig
 from tqdm.auto import tqdm
 
-from cdvideo import checkpoints, data, loading, memory, presets, scaleout, tracking
-from cdvideo.atomic import ensure_writable_dir, write_json_atomic
+from cdvideo import checkpoints, composites, data, loading, memory, presets, scaleout, tracking
+from cdvideo.atomic import atomic_path, ensure_writable_dir, write_json_atomic, write_text_atomic
 from cdvideo.concept import Concept, save_concept, save_photos
 from cdvideo.errors import UserError
 from cdvideo.loss import (
@@ -70,6 +70,8 @@ class TrainConfig:
     caption_variety: float | None = None  # share of masked subject captions given a phrase after the class word
     # Outside the subject's mask, match the base model's prediction for the class phrase (0 = off).
     context_weight: float | None = None
+    composites: float | None = None  # share of subject items that are scene composites (cdvideo/composites.py)
+    num_composites: int | None = None  # base-model scenes the subject is fitted into
     seed: int = 0
     prior_weight: float | None = None  # > 0 enables prior preservation
     class_images: str | None = None  # a `name.txt` beside `name.png` is that image's prompt (kohya style)
@@ -105,6 +107,8 @@ class TrainConfig:
             ("num_class_images", preset.num_class_images),
             ("caption_variety", preset.caption_variety),
             ("context_weight", preset.context_weight),
+            ("composites", preset.composites),
+            ("num_composites", preset.num_composites),
         ):
             if values[name] is None:
                 values[name] = default
@@ -143,6 +147,10 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError("--spl-weight and --prior-weight must be >= 0")
     if cfg.context_weight < 0:
         raise UserError(f"--context-weight must be >= 0 (got {cfg.context_weight})")
+    if not 0 <= cfg.composites <= 1:
+        raise UserError(f"--composites is a share of subject items, from 0 to 1 (got {cfg.composites})")
+    if cfg.num_composites < 1:
+        raise UserError(f"--num-composites must be at least 1 (got {cfg.num_composites})")
     if not 0 <= cfg.caption_variety <= 1:
         raise UserError(f"--caption-variety is a share of captions, from 0 to 1 (got {cfg.caption_variety})")
     if not cfg.class_word.strip():
@@ -192,21 +200,27 @@ CLASS_IMAGE_BATCH = 4  # a few images per pipeline call; a killed run keeps ever
 
 
 def _generate_class_images(
-    pipe, prompts: list[str], count: int, resolution: int, steps: int, folder: Path, seed: int, say
+    pipe,
+    prompts: list[str],
+    count: int,
+    resolution: int,
+    steps: int,
+    folder: Path,
+    seed: int,
+    say,
+    what: str = "class images",
 ) -> None:
     """Prior-preservation images from the base model itself, as DreamBooth does; image i is drawn
     from prompts[i % len(prompts)], which is written beside it as `class-i.txt`."""
-    from cdvideo.atomic import atomic_path, write_text_atomic
-
     folder.mkdir(parents=True, exist_ok=True)
     have = len(list(folder.glob("*.png")))
     if have >= count:
         return
-    what = f"'{prompts[0]}'" if len(prompts) == 1 else f"{len(prompts)} prompts"
-    say(f"generating {count - have} class images of {what} into {folder}")
+    of = f"'{prompts[0]}'" if len(prompts) == 1 else f"{len(prompts)} prompts"
+    say(f"generating {count - have} {what} of {of} into {folder}")
     pipe.set_progress_bar_config(disable=True)
     generator = torch.Generator(pipe.device).manual_seed(seed + have)
-    with tqdm(total=count - have, desc="class images", leave=False) as bar:
+    with tqdm(total=count - have, desc=what, leave=False) as bar:
         for start in range(have, count, CLASS_IMAGE_BATCH):
             batch = [prompts[i % len(prompts)] for i in range(start, min(start + CLASS_IMAGE_BATCH, count))]
             images = pipe(
@@ -217,6 +231,37 @@ def _generate_class_images(
                 with atomic_path(folder / f"class-{i:04d}.png") as tmp:
                     image.save(tmp)
             bar.update(len(images))
+
+
+def _scene_composites(cfg: TrainConfig, pipe, photos: data.PhotoSet, out: Path, accelerator, say):
+    """The subject fitted into the base model's scenes of its class (cdvideo/composites.py); the
+    scenes and composites stay in OUT/composites/ to look at, and a resumed run reuses the scenes."""
+    if not cfg.composites:
+        return None
+    preset = presets.preset_for(cfg.base)
+    folder = out / "composites"
+    if accelerator.is_main_process:
+        prompts = composites.scene_prompts(cfg.class_word, preset.composite_phrases)
+        _generate_class_images(
+            pipe, prompts, cfg.num_composites, cfg.resolution, preset.steps, folder / "scenes", cfg.seed + 1, say,
+            what="scenes",
+        )  # fmt: skip
+    accelerator.wait_for_everyone()
+    scenes = data.load_photos([folder / "scenes"], cfg.resolution, max_photos=10_000)
+    class_phrase = f"a photo of a {cfg.class_word}"
+    made = composites.make_composites(
+        scenes.images, _class_prompts(scenes.paths, class_phrase), photos.images, photos.masks,
+        preset.locate_object, class_phrase, f"a photo of a {cfg.token} {cfg.class_word}",
+    )  # fmt: skip
+    if not made.images:
+        raise UserError(f"the base model drew no {cfg.class_word} to fit the subject into in {folder / 'scenes'}")
+    if accelerator.is_main_process:
+        for i, (image, caption) in enumerate(zip(made.images, made.captions, strict=True)):
+            write_text_atomic(folder / f"composite-{i:04d}.txt", caption + "\n")
+            with atomic_path(folder / f"composite-{i:04d}.png") as tmp:
+                image.save(tmp)
+    say(f"fitted the subject into {len(made.images)} of {len(scenes.images)} scenes ({folder})")
+    return made
 
 
 def _class_prompts(paths: list[Path], default: str) -> list[str]:
@@ -278,7 +323,7 @@ def _subject_captions(batch: dict, picks: torch.Tensor, generator) -> torch.Tens
     rows = torch.zeros_like(picks)
     if batch["variety"] > 0:
         vary = torch.rand(picks.shape, generator=generator, device=picks.device) < batch["variety"]
-        phrase = torch.randint(1, len(batch["concept_ids"]), picks.shape, generator=generator, device=picks.device)
+        phrase = torch.randint(1, batch["variety_rows"], picks.shape, generator=generator, device=picks.device)
         rows = torch.where(vary, phrase, rows)
     return rows
 
@@ -286,6 +331,19 @@ def _subject_captions(batch: dict, picks: torch.Tensor, generator) -> torch.Tens
 def _masked_mean(errors: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Per item, the mean of `errors` (N, C, H, W) over the pixels `mask` (N, 1, H, W) weighs."""
     return (errors * mask).sum(dim=(1, 2, 3)) / (mask.sum(dim=(1, 2, 3)) * errors.shape[1]).clamp_min(1e-6)
+
+
+def _draw_composites(share: float, batch: dict, latents, rows, mask, generator):
+    """Swap a `share` of the subject items for scene composites, captioned with their scene and
+    taught whole (mask 1)."""
+    comp_mean, comp_std, comp_rows = batch["composites"]
+    device = latents.device
+    use = torch.rand(len(latents), generator=generator, device=device) < share
+    picks = torch.randint(len(comp_mean), (len(latents),), generator=generator, device=device)
+    drawn = comp_mean[picks] + comp_std[picks] * torch.randn(comp_mean[picks].shape, generator=generator, device=device)
+    latents = torch.where(use[:, None, None, None], drawn, latents)
+    mask = torch.where(use[:, None, None, None], torch.ones_like(mask), mask)
+    return latents, torch.where(use, comp_rows[picks], rows), mask
 
 
 @contextmanager
@@ -309,9 +367,12 @@ def _batch_loss(cfg, batch, unet, text_encoder, noise_scheduler, generator, scal
     latents = instance_mean[picks] + instance_std[picks] * torch.randn(
         instance_mean[picks].shape, generator=generator, device=device
     )
-    latents = latents * scaling_factor
     # Row 0 is the concept phrase SPL reads; the text encoder sees it once plus each other caption drawn.
     rows = _subject_captions(batch, picks, generator)
+    mask = batch["masks"][picks] if batch["masks"] is not None else None
+    if batch["composites"] is not None:
+        latents, rows, mask = _draw_composites(cfg.composites, batch, latents, rows, mask, generator)
+    latents = latents * scaling_factor
     unique, inverse = torch.unique(torch.cat([rows.new_zeros(1), rows]), return_inverse=True)
     encoded = text_encoder(batch["concept_ids"][unique])[0]
     concept_ids = batch["concept_ids"][:1]
@@ -335,17 +396,17 @@ def _batch_loss(cfg, batch, unet, text_encoder, noise_scheduler, generator, scal
     target = _diffusion_target(noise_scheduler, latents, noise, timesteps)
     errors = F.mse_loss(prediction.float(), target.float(), reduction="none")
     context = torch.zeros((), device=device)
-    if batch["masks"] is not None:
+    if mask is not None:
         # The photos teach only the subject. Around it the concept prompt is taught what the base
         # model draws for the class prompt with the same words, so "on grass" or "wearing a hat"
-        # keep their meaning next to the token.
-        mask = batch["masks"][picks]
+        # keep their meaning next to the token. (Composites are true whole: no context.)
         mse = _masked_mean(errors[: cfg.batch_size], mask).mean()
-        if cfg.context_weight:
+        around = (mask < 1).flatten(1).any(1).nonzero().flatten()
+        if cfg.context_weight and len(around):
             with torch.no_grad(), _base_model(unet):
-                teacher = unet(noisy[: cfg.batch_size], timesteps[: cfg.batch_size], batch["teacher_hidden"][rows])
-            gap = (prediction[: cfg.batch_size].float() - teacher.sample.float()) ** 2
-            context = _masked_mean(gap, 1 - mask).mean()
+                teacher = unet(noisy[around], timesteps[around], batch["teacher_hidden"][rows[around]])
+            gap = (prediction[around].float() - teacher.sample.float()) ** 2
+            context = _masked_mean(gap, 1 - mask[around]).sum() / cfg.batch_size
     else:
         mse = errors[: cfg.batch_size].mean()
     prior_loss = errors[cfg.batch_size :].mean() if batch["class"] is not None else torch.zeros((), device=device)
@@ -388,7 +449,8 @@ def concept_record(cfg: TrainConfig, steps: int, drift: float | None, metrics: d
 
 
 def _with_masks(cfg: TrainConfig, photos: data.PhotoSet, say) -> TrainConfig:
-    """Settle masked loss and caption variety for these photos; the run records what it applied."""
+    """Settle masked loss, caption variety and composites for these photos; the run records what
+    it applied."""
     missing = sum(m is None for m in photos.masks)
     if cfg.masked_loss and missing:
         raise UserError(
@@ -400,9 +462,19 @@ def _with_masks(cfg: TrainConfig, photos: data.PhotoSet, say) -> TrainConfig:
     if variety and not masked:
         say("note: caption variety is off: it needs the subject's mask (photos with transparency)")
         variety = 0.0
-    if variety and not presets.preset_for(cfg.base).caption_phrases:
+    preset = presets.preset_for(cfg.base)
+    if variety and not preset.caption_phrases:
         raise UserError("--caption-variety needs composition phrases, and this model family has none")
-    return replace(cfg, masked_loss=masked, caption_variety=variety)
+    composites = cfg.composites
+    if composites and not (preset.locate_object and preset.composite_phrases):
+        raise UserError(
+            "--composites needs a locator for the class object in the base model's pictures, and this "
+            "model family has none; train without it (--composites 0)"
+        )
+    if composites and not masked:
+        say("note: scene composites are off: they need the subject's mask (photos with transparency)")
+        composites = 0.0
+    return replace(cfg, masked_loss=masked, caption_variety=variety, composites=composites)
 
 
 def _validation_hook(cfg: TrainConfig, pipe, out: Path) -> Callable[[int], None]:
@@ -417,15 +489,22 @@ def _validation_hook(cfg: TrainConfig, pipe, out: Path) -> Callable[[int], None]
     return validate_at
 
 
-def _precompute(cfg: TrainConfig, tokenizer, text_encoder, vae, photos, class_data, device, say) -> dict:
+def _precompute(
+    cfg: TrainConfig, tokenizer, text_encoder, vae, photos, class_data, scene_composites, device, say
+) -> dict:
     """What never changes during training: photo latents (with flips) and masks, the class images'
-    latents and captions, the captions' token ids and the class phrase's features."""
+    and the composites' latents and captions, the captions' token ids and the class phrase's features."""
     if class_data:
         class_set, class_pixels, class_captions = class_data
     eos_id = tokenizer.eos_token_id
     concept_phrase = f"a photo of a {cfg.token} {cfg.class_word}"
     phrases = presets.preset_for(cfg.base).caption_phrases if cfg.caption_variety else ()
-    concept_ids = _tokenize(tokenizer, [concept_phrase, *(f"{concept_phrase} {p}" for p in phrases)], device)
+    captions = [concept_phrase, *(f"{concept_phrase} {p}" for p in phrases)]
+    if scene_composites:
+        unique = sorted(set(scene_composites.captions))
+        rows = [len(captions) + unique.index(c) for c in scene_composites.captions]
+        captions += unique
+    concept_ids = _tokenize(tokenizer, captions, device)
     class_phrase = f"a photo of a {cfg.class_word}"
     class_ids = _tokenize(tokenizer, [class_phrase], device)
     latent_size = cfg.resolution // 2 ** (len(vae.config.block_out_channels) - 1)
@@ -435,6 +514,7 @@ def _precompute(cfg: TrainConfig, tokenizer, text_encoder, vae, photos, class_da
             "class": _class_latents(cfg, class_set, class_pixels, vae, say) if class_data else None,
             "concept_ids": concept_ids,
             "variety": cfg.caption_variety,
+            "variety_rows": 1 + len(phrases),
             # The base model's view of each subject caption: the class phrase with the same words.
             "teacher_hidden": text_encoder(
                 _tokenize(tokenizer, [class_phrase, *(f"{class_phrase} {p}" for p in phrases)], device)
@@ -445,7 +525,12 @@ def _precompute(cfg: TrainConfig, tokenizer, text_encoder, vae, photos, class_da
             "eos_id": eos_id,
             "class_features": eos_features(text_encoder, class_ids, eos_id),
             "class_spl": phrase_features(text_encoder, class_ids, eos_id, cfg.spl_pooling),
+            "composites": None,
         }
+        if scene_composites:
+            pixels = data.photos_to_tensor(scene_composites.images, flip=cfg.flip)
+            rows = torch.tensor(rows, device=device)
+            batch["composites"] = (*_latent_distribution(vae, pixels), torch.cat([rows] * (1 + cfg.flip)))
         if class_data:
             unique = sorted(set(class_captions))
             batch["class_hidden"] = text_encoder(_tokenize(tokenizer, unique, device))[0]
@@ -556,6 +641,8 @@ def train(
         class_pixels = data.photos_to_tensor(class_set.images, flip=False)
         class_captions = _class_prompts(class_set.paths, f"a photo of a {cfg.class_word}")
 
+    scene_composites = _scene_composites(cfg, pipe, photos, out, accelerator, say)
+
     token_id, notes = add_token(
         tokenizer, text_encoder, cfg.token, cfg.init_word or cfg.class_word, vocab_entry=cfg.init_word is not None
     )
@@ -566,7 +653,7 @@ def train(
     original_rows = embeddings.detach().clone()
 
     class_data = (class_set, class_pixels, class_captions) if class_pixels is not None else None
-    batch = _precompute(cfg, tokenizer, text_encoder, vae, photos, class_data, device, say)
+    batch = _precompute(cfg, tokenizer, text_encoder, vae, photos, class_data, scene_composites, device, say)
 
     memory.prepare_models(cfg, unet, text_encoder, vae)  # after the fp32 precomputation above
 

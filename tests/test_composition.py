@@ -1,4 +1,5 @@
-"""Composition levers: subject masks from the photos' transparency, masked loss, caption variety."""
+"""Composition levers: subject masks from the photos' transparency, masked loss, caption variety,
+scene composites."""
 
 from __future__ import annotations
 
@@ -10,21 +11,23 @@ import pytest
 import torch
 from conftest import cli_train_args
 from peft import LoraConfig
+from PIL import Image
 
-from cdvideo import data, presets
+from cdvideo import composites, data, presets
 from cdvideo.cli import main as cli_main
 from cdvideo.demo import write_subject_photos
-from cdvideo.shapes import world
-from cdvideo.training import TrainConfig, _batch_loss, _subject_captions
+from cdvideo.shapes import scorer, world
+from cdvideo.training import TrainConfig, _batch_loss, _draw_composites, _subject_captions
 
 
 @pytest.fixture(scope="module")
 def cutouts(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cutouts")
+    folder = tmp_path_factory.mktemp("cutouts")
+    write_subject_photos(folder, count=3, seed=0)
+    return folder
 
 
 def test_transparent_photos_carry_the_subject_mask(cutouts, dog_photos):
-    write_subject_photos(cutouts, count=3, seed=0)
     photos = data.load_photos([cutouts], 64)
     scenes = world.subject_scenes(3, torch.Generator().manual_seed(0))
     coverage = world.object_coverage(scenes)
@@ -64,6 +67,8 @@ def _prediction_grads(base: Path, mask: torch.Tensor | None, term: str, context_
         "class": None,
         "concept_ids": tokens.input_ids,
         "variety": 0.0,
+        "variety_rows": 1,
+        "composites": None,
         "masks": mask,
         "teacher_hidden": teacher_hidden,
         "eos_id": pipe.tokenizer.eos_token_id,
@@ -100,10 +105,10 @@ def test_caption_variety_draws_phrases_at_the_asked_share():
     ids = torch.zeros(len(presets.SHAPES.caption_phrases) + 1, 77, dtype=torch.long)
     generator = torch.Generator().manual_seed(0)
     for share in (0.0, 0.5, 1.0):
-        rows = _subject_captions({"concept_ids": ids, "variety": share}, picks, generator)
+        rows = _subject_captions({"variety_rows": len(ids), "variety": share}, picks, generator)
         assert float((rows > 0).float().mean()) == pytest.approx(share, abs=0.03)
     # Every phrase can be drawn, and row 0 (the plain concept phrase SPL reads) is never a phrase.
-    rows = _subject_captions({"concept_ids": ids, "variety": 1.0}, picks, generator)
+    rows = _subject_captions({"variety_rows": len(ids), "variety": 1.0}, picks, generator)
     assert set(rows.tolist()) == set(range(1, len(ids)))
 
 
@@ -132,3 +137,84 @@ def test_masks_are_asked_of_photos_without_transparency(tiny_base, dog_photos, t
     assert cli_main(cli_train_args(tiny_base, dog_photos, tmp_path / "d", "--caption-variety", "0.5")) == 0
     assert "caption variety is off" in capsys.readouterr().out
     assert json.loads((tmp_path / "d" / "train_config.json").read_text())["caption_variety"] == 0.0
+
+
+def _world_scenes(accessory: str, background: str, n: int) -> torch.Tensor:
+    """The world's own pictures of plain (unstriped) circles with `accessory` and `background`."""
+    scenes = world.sample_scenes(n, torch.Generator().manual_seed(3))
+    scenes.cls[:] = world.CLASSES.index("circle")
+    scenes.accessory[:] = list(world.ACCESSORIES).index(accessory)
+    scenes.background[:] = list(world.BACKGROUNDS).index(background)
+    scenes.pattern[:] = False
+    return world.render(scenes)
+
+
+@pytest.mark.parametrize("phrase", world.scene_phrases())
+def test_a_composite_shows_the_subject_with_what_the_scene_has(cutouts, phrase):
+    """Fitted into a scene, the subject keeps its stripes and the scene keeps what the circle wears
+    and where it is: the world's scorer reads the composite as the subject plus the phrase."""
+    accessory = next((a for a in world.ACCESSORIES if a and phrase.startswith(a)), "")
+    background = phrase[len(accessory) :].strip()
+    photos = data.load_photos([cutouts], 64)
+    scenes = _world_scenes(accessory, background, 6)
+    images = [Image.fromarray((s.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)) for s in scenes]
+    made = composites.make_composites(
+        images, [f"a photo of a circle {phrase}"] * 6, photos.images, photos.masks, scorer.object_masks,
+        "a photo of a circle", "a photo of a <new1> circle",
+    )  # fmt: skip
+    assert made.captions == [f"a photo of a <new1> circle {phrase}"] * 6
+    pixels = torch.stack([torch.from_numpy(np.asarray(m, np.float32) / 255).permute(2, 0, 1) for m in made.images])
+    for score in scorer.score_frames(pixels):
+        assert (score.pattern, score.cls, score.accessory, score.background) == (True, "circle", accessory, background)
+    # Before fitting, no scene had the subject.
+    assert not any(score.pattern for score in scorer.score_frames(scenes))
+
+
+def test_a_scene_without_the_object_gets_no_composite(cutouts):
+    photos = data.load_photos([cutouts], 64)
+    empty = Image.new("RGB", (64, 64), "white")
+    made = composites.make_composites(
+        [empty], ["a photo of a circle on grass"], photos.images, photos.masks, scorer.object_masks,
+        "a photo of a circle", "a photo of a <new1> circle",
+    )  # fmt: skip
+    assert made.images == [] and made.captions == []
+
+
+def test_composites_are_drawn_at_the_asked_share_and_taught_whole():
+    n = 4000
+    latents, rows, mask = torch.zeros(n, 4, 2, 2), torch.zeros(n, dtype=torch.long), torch.zeros(n, 1, 2, 2)
+    batch = {"composites": (torch.ones(3, 4, 2, 2), torch.zeros(3, 4, 2, 2), torch.tensor([5, 6, 7]))}
+    for share in (0.0, 0.3, 1.0):
+        out, out_rows, out_mask = _draw_composites(share, batch, latents, rows, mask, torch.Generator().manual_seed(0))
+        drawn = out.flatten(1).amax(1) > 0
+        assert float(drawn.float().mean()) == pytest.approx(share, abs=0.03)
+        # A composite item carries its scene's caption and its whole picture is taught.
+        assert bool((out_rows[drawn] >= 5).all()) and bool((out_rows[~drawn] == 0).all())
+        assert bool((out_mask[drawn] == 1).all()) and bool((out_mask[~drawn] == 0).all())
+
+
+def test_shapes_training_fits_the_subject_into_scenes(cutouts, tmp_path):
+    out = tmp_path / "concept"
+    args = ["train", str(cutouts), "--class-word", "circle", "--base", "shapes", "--output", str(out),
+            "--steps", "2", "--prior-weight", "0", "--composites", "0.5", "--num-composites", "4"]  # fmt: skip
+    assert cli_main(args) == 0
+    settings = json.loads((out / "train_config.json").read_text())
+    assert settings["composites"] == 0.5 and settings["num_composites"] == 4
+    captions = sorted((out / "composites").glob("composite-*.txt"))
+    assert 1 <= len(captions) <= 4 and len(list((out / "composites" / "scenes").glob("*.png"))) == 4
+    phrases = set(world.scene_phrases())
+    for caption in captions:
+        text = caption.read_text().strip()
+        assert text.startswith("a photo of a <new1> circle ") and text[len("a photo of a <new1> circle ") :] in phrases
+        assert caption.with_suffix(".png").is_file()
+
+
+def test_composites_need_a_locator_and_masks(tiny_base, dog_photos, tmp_path, capsys):
+    code = cli_main(cli_train_args(tiny_base, dog_photos, tmp_path / "c", "--composites", "0.5"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "locator" in err[0] and "--composites 0" in err[0]
+    # On Shapes, photos without transparency turn them off, say so and record it.
+    assert cli_main(["train", str(dog_photos), "--class-word", "circle", "--base", "shapes", "--output",
+                     str(tmp_path / "d"), "--steps", "1", "--prior-weight", "0"]) == 0  # fmt: skip
+    assert "scene composites are off" in capsys.readouterr().out
+    assert json.loads((tmp_path / "d" / "train_config.json").read_text())["composites"] == 0.0

@@ -456,3 +456,13 @@ def plain_accuracy(pipe, n: int, *, steps: int, guidance: float, seed: int) -> f
         scores = sample_and_score(pipe, prompt, n, steps=steps, guidance=guidance, seed=seed)
         hits += [s.cls == cls and s.colour == colour and s.accessory == accessory for s in scores]
     return float(np.mean(hits))
+
+
+def object_masks(images: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the object's body is, and where an accessory is, in each image: two (N, H, W) bool
+    masks read with the scorer's own palette labels (so a hat or a scarf over the body is not body)."""
+    img = _to_nchw(images)
+    with torch.no_grad():
+        pixels = img.flatten(2).transpose(1, 2).contiguous()
+        labels = _labels(pixels, _background(pixels))
+    return (labels >= _FIRST_OBJ) & (labels < _FIRST_ACC), labels >= _FIRST_ACC

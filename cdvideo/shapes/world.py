@@ -350,6 +350,14 @@ def composition_phrases() -> tuple[str, ...]:
     return tuple(phrases)
 
 
+def scene_phrases() -> tuple[str, ...]:
+    """Every accessory, every background, and every accessory + background pair: the still
+    scenes a subject can be put in (no motion: one picture cannot show it)."""
+    accessories = [a for a in ACCESSORIES if a]
+    backgrounds = [b for b in BACKGROUNDS if b]
+    return (*accessories, *backgrounds, *(f"{a} {b}" for a in accessories for b in backgrounds))
+
+
 def prior_prompts() -> tuple[str, ...]:
     """Prompts for the Shapes preset's prior images: the class phrase, interleaved with one seen
     caption per (class, colour), so the prior guards the other classes and colours too, not only

@@ -1,0 +1,142 @@
+"""The motion bars on the Shapes world (issue 14): do clips move the way the user asked?
+
+For each direction with a shipped motion LoRA (cdvideo/shapes/weights/motion_loras/), it renders clips
+as `cdvideo animate` does for a prompt that says "moving <direction>" (the family's sampler and steps;
+the LoRA the words ask for, at its recorded weight), and scores them with the world's scorer:
+
+- plain prompts: "a <colour> <class> moving <direction>" over the world's classes and colours;
+- with a concept (--concept): "a <tok> circle moving <direction>";
+- `asked`: the share of clips whose motion reads as asked (bar 0.85);
+- `class kept`: the share of frames that keep the asked class (bar 0.90);
+- with --without, the same clips with no motion LoRA (the adapter alone), for comparison.
+
+    python benchmarks/motion_bars.py --clips 32 --concept cdvideo-demo/concept --out docs/motion
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cdvideo import concept as concepts
+from cdvideo import directions, loading, motion, presets
+from cdvideo.atomic import write_json_atomic, write_text_atomic
+from cdvideo.shapes import scorer, world
+
+BARS = {"asked": 0.85, "class_kept": 0.90}
+BATCH = 8
+
+
+def video_pipeline(concept: Path | None):
+    pipe = loading.video_pipeline(loading.load_image_pipeline("shapes"), loading.load_motion_adapter("shapes"))
+    pipe.scheduler = presets.make_scheduler("shapes", None, pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    if concept is not None:
+        # As `cdvideo animate` loads a concept beside motion LoRAs: a live adapter, not fused.
+        concepts.apply_concept(pipe, concept, concepts.load_concept(concept), fuse=False)
+    return pipe
+
+
+def plain_prompts(direction: str, n: int, seed: int) -> tuple[list[str], list[str]]:
+    """n prompts over the world's classes and colours (a fixed draw per seed), with their classes."""
+    generator = torch.Generator().manual_seed(seed)
+    cls = torch.randint(len(world.CLASSES), (n,), generator=generator).tolist()
+    colour = torch.randint(len(world.COLOURS), (n,), generator=generator).tolist()
+    names = list(world.COLOURS)
+    prompts = [f"a {names[k]} {world.CLASSES[c]} moving {direction}" for c, k in zip(cls, colour, strict=True)]
+    return prompts, [world.CLASSES[c] for c in cls]
+
+
+def render_and_score(pipe, prompts: list[str], classes: list[str], seed: int) -> list:
+    preset, scores = presets.SHAPES, []
+    for start in range(0, len(prompts), BATCH):
+        batch = prompts[start : start + BATCH]
+        frames = pipe(batch, num_frames=preset.frames, num_inference_steps=preset.steps,
+                      guidance_scale=preset.guidance, generator=torch.Generator().manual_seed(seed + start),
+                      output_type="pt", height=64, width=64).frames  # fmt: skip
+        scores += scorer.score_clips(frames.float(), expected_cls=classes[start : start + BATCH])
+    return scores
+
+
+def rates(scores: list, direction: str) -> dict:
+    return {
+        "asked": float(np.mean([s.motion == f"moving {direction}" for s in scores])),
+        "class_kept": float(np.mean([s.class_kept for s in scores])),
+        "moving": float(np.mean([s.motion != "" for s in scores])),
+        "clips": len(scores),
+    }
+
+
+def measure(n: int, concept: Path | None, without: bool, only: list[str] | None, say=print) -> dict:
+    loras = directions.family_loras("shapes")
+    wanted = [d for d in ("left", "right", "up", "down") if d in loras and (not only or d in only)]
+    if not wanted:
+        sys.exit("no shipped Shapes motion LoRA to measure; scripts/train_motion_lora.py trains one")
+    results: dict = {}
+    for subject in [None, concept] if concept else [None]:
+        pipe = video_pipeline(subject)
+        sources = [loras[d][0] for d in wanted]
+        adapters = motion.load_motion_loras(pipe, [], sources, concept_scale=1.0 if subject else None)
+        token = concepts.load_concept(subject).token if subject else None
+        key = "concept" if subject else "plain"
+        for i, direction in enumerate(wanted):
+            if subject:
+                prompts, classes = [f"a {token} circle moving {direction}"] * n, ["circle"] * n
+            else:
+                prompts, classes = plain_prompts(direction, n, 10 + i)
+            for use in [True, False] if without else [True]:
+                source, weight = loras[direction]
+                adapters.activate(pipe, source if use else None, weight if use else None)
+                started = time.time()
+                scored = render_and_score(pipe, prompts, classes, 1000 + 100 * i)
+                cell = rates(scored, direction) | {"seconds": round(time.time() - started, 1)}
+                results.setdefault(key, {}).setdefault(direction, {})["lora" if use else "no lora"] = cell
+                label = "lora" if use else "no lora"
+                say(f"{key:8s} {direction:5s} {label:8s} asked {cell['asked']:.2f}  class kept "
+                    f"{cell['class_kept']:.2f}  moving {cell['moving']:.2f}  ({cell['seconds']} s)")  # fmt: skip
+    return results
+
+
+def report(results: dict, command: str) -> str:
+    lines = ["# Motion bars (issue 14)", "", f"Command: `{command}`", "",
+             "| prompts | direction | motion LoRA | clips | moves as asked (0.85) | class kept (0.90) | moving |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for key, per_direction in results.items():
+        for direction, cells in per_direction.items():
+            for use, cell in cells.items():
+                asked = f"{cell['asked']:.2f}" + (" met" if use == "lora" and cell["asked"] >= BARS["asked"] else "")
+                kept = f"{cell['class_kept']:.2f}" + (
+                    " met" if use == "lora" and cell["class_kept"] >= BARS["class_kept"] else ""
+                )
+                lines.append(
+                    f"| {key} | {direction} | {use} | {cell['clips']} | {asked} | {kept} | {cell['moving']:.2f} |"
+                )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clips", type=int, default=32, help="clips per direction and prompt kind")
+    parser.add_argument("--concept", type=Path, help="a Shapes concept folder for the with-concept rows")
+    parser.add_argument("--directions", nargs="+", choices=("left", "right", "up", "down"))
+    parser.add_argument("--without", action="store_true", help="also render every cell with no motion LoRA")
+    parser.add_argument("--out", type=Path, help="folder for motion_bars.json and motion_bars.md")
+    args = parser.parse_args()
+    command = "python benchmarks/motion_bars.py " + shlex.join(sys.argv[1:])
+    results = measure(args.clips, args.concept, args.without, args.directions)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(args.out / "motion_bars.json", {"command": command, "results": results})
+        write_text_atomic(args.out / "motion_bars.md", report(results, command))
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Scene composites: the subject pasted into the base model's own pictures of its class.
+
+Photos show the subject alone, so on their own they teach "the subject, nothing worn, plain
+background", and naming an accessory or a place then displaces the subject (docs/composition/).
+A composite shows the subject where such prompts put it: the base model draws "a photo of a circle
+wearing a hat", a locator finds the class object's body, and the subject's cut-out is fitted into
+that body, under the accessory. Captioned "a photo of a <tok> circle wearing a hat", the whole image
+is true, so it is taught whole. This is SVDiff's Cut-Mix idea (Han et al. 2023), fitted to the
+object the base model drew instead of pasted beside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+# Images (N, 3, H, W) in [0, 1] -> (body, accessory) bool masks (N, H, W) of the class object.
+Locator = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+_MIN_BODY_PIXELS = 20  # fewer: the base model drew no object to fit the subject into
+_ALPHA_CUT = 0.5
+
+
+@dataclass
+class Composites:
+    images: list[Image.Image]
+    captions: list[str]
+
+
+def scene_prompts(class_word: str, phrases: tuple[str, ...]) -> list[str]:
+    """What the base model is asked to draw: the class phrase with each composition phrase."""
+    return [f"a photo of a {class_word} {phrase}" for phrase in phrases]
+
+
+def _box(mask: torch.Tensor) -> tuple[int, int, int, int]:
+    ys, xs = mask.nonzero(as_tuple=True)
+    return int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+
+
+def fit_subject(
+    scene: torch.Tensor, body: torch.Tensor, accessory: torch.Tensor, subject: torch.Tensor, alpha: torch.Tensor
+) -> torch.Tensor | None:
+    """`scene` (3, H, W) with the subject (3, H, W; cut-out `alpha` (H, W) in [0, 1]) scaled onto the
+    box of `body` and drawn there, never over the accessory; None when
+    the scene has no body to fit it into."""
+    if int(body.sum()) < _MIN_BODY_PIXELS or not bool((alpha > _ALPHA_CUT).any()):
+        return None
+    y0, y1, x0, x1 = _box(body)
+    sy0, sy1, sx0, sx1 = _box(alpha > _ALPHA_CUT)
+    cut = torch.cat([subject, alpha[None]])[:, sy0:sy1, sx0:sx1]
+    fitted = F.interpolate(cut[None], size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)[0]
+    canvas = torch.zeros(4, *scene.shape[1:])
+    canvas[:, y0:y1, x0:x1] = fitted.clamp(0, 1)
+    # The whole cut-out, so no blended pixel of the scene's body shows through; only what is worn stays on top.
+    weight = canvas[3] * (~accessory).float()
+    return scene * (1 - weight) + canvas[:3] * weight
+
+
+def make_composites(
+    scenes: list[Image.Image],
+    scene_captions: list[str],
+    photos: list[Image.Image],
+    masks: list[Image.Image],
+    locate: Locator,
+    class_phrase: str,
+    concept_phrase: str,
+) -> Composites:
+    """Fit the photos' subjects (in turn) into the scenes; each caption's `class_phrase` becomes
+    `concept_phrase`. Scenes with no object to fit into are left out."""
+
+    def tensor(image: Image.Image) -> torch.Tensor:
+        array = np.asarray(image, dtype=np.float32) / 255.0
+        return torch.from_numpy(array).permute(2, 0, 1) if array.ndim == 3 else torch.from_numpy(array)
+
+    pixels = torch.stack([tensor(s.convert("RGB")) for s in scenes])
+    bodies, accessories = locate(pixels)
+    out = Composites([], [])
+    for i, (scene, caption) in enumerate(zip(pixels, scene_captions, strict=True)):
+        k = i % len(photos)
+        subject, alpha = tensor(photos[k].convert("RGB")), tensor(masks[k])
+        size = scene.shape[1:]
+        if subject.shape[1:] != size:
+            subject = F.interpolate(subject[None], size=size, mode="bilinear", align_corners=False)[0]
+            alpha = F.interpolate(alpha[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+        body, accessory = bodies[i], accessories[i]
+        if body.shape != size:  # a locator that reads a fixed size: masks back at the scene's
+            body = F.interpolate(body[None, None].float(), size=size)[0, 0] > 0.5
+            accessory = F.interpolate(accessory[None, None].float(), size=size)[0, 0] > 0.5
+        fitted = fit_subject(scene, body, accessory, subject, alpha)
+        if fitted is None or not caption.startswith(class_phrase):
+            continue
+        array = (fitted.permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype(np.uint8)
+        out.images.append(Image.fromarray(array, "RGB"))
+        out.captions.append(concept_phrase + caption[len(class_phrase) :])
+    return out
