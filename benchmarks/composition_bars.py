@@ -18,6 +18,7 @@ Shapes defaults and nothing else), then scores with the world's exact scorer, at
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shlex
 import sys
@@ -30,7 +31,7 @@ import torch
 
 import cdvideo
 from cdvideo import concept as concepts
-from cdvideo import loading, presets
+from cdvideo import directions, loading, motion, presets
 from cdvideo.atomic import write_json_atomic, write_text_atomic
 from cdvideo.demo import write_subject_photos
 from cdvideo.shapes import scorer, world
@@ -46,20 +47,23 @@ def composition_prompts() -> list[str]:
     return [p for p in world.scene_phrases() if p != HEADPHONES]
 
 
-def pipelines(folder: Path | None, sampler: str | None = None):
+def pipelines(folder: Path | None, sampler: str | None = None, image: bool = True, video: bool = True):
     """Image and video pipelines as `cdvideo animate` builds them (the family's sampler unless named),
-    with the concept in `folder` loaded once per text encoder."""
-    image = loading.load_image_pipeline("shapes")
-    video = loading.video_pipeline(loading.load_image_pipeline("shapes"), loading.load_motion_adapter("shapes"))
-    image.scheduler = presets.make_scheduler("shapes", sampler, image.scheduler.config, video=False)
-    video.scheduler = presets.make_scheduler("shapes", sampler, video.scheduler.config)
-    for pipe in (image, video):
+    with the concept in `folder` loaded once per text encoder; None for one not asked for."""
+    pipes = [
+        loading.load_image_pipeline("shapes") if image else None,
+        loading.video_pipeline(loading.load_image_pipeline("shapes"), loading.load_motion_adapter("shapes"))
+        if video
+        else None,
+    ]
+    for pipe, is_video in zip(pipes, (False, True), strict=True):
+        if pipe is None:
+            continue
+        pipe.scheduler = presets.make_scheduler("shapes", sampler, pipe.scheduler.config, video=is_video)
         pipe.set_progress_bar_config(disable=True)
-    if folder is not None:
-        manifest = concepts.load_concept(folder)
-        concepts.apply_concept(image, folder, manifest)
-        concepts.apply_concept(video, folder, manifest)
-    return image, video
+        if folder is not None:
+            concepts.apply_concept(pipe, folder, concepts.load_concept(folder))
+    return tuple(pipes)
 
 
 def right(score, phrase: str, subject: bool) -> bool:
@@ -84,6 +88,15 @@ def images(pipe, prompt: str, n: int, seed: int) -> list:
     return scorer.sample_and_score(pipe, prompt, n, steps=preset.steps, guidance=preset.guidance, seed=seed)
 
 
+def with_asked_motion(pipe, prompt: str) -> None:
+    """The motion LoRA `cdvideo animate` applies for the prompt's words, when the family ships one."""
+    said = directions.motion_in_prompt(prompt)
+    loras = directions.family_loras("shapes")
+    if said and said[0] in loras:
+        source, weight = loras[said[0]]
+        motion.load_motion_loras(pipe, [], [source]).activate(pipe, source, weight)
+
+
 def clips(pipe, prompt: str, n: int, seed: int, batch: int = 8) -> list:
     preset, out = presets.SHAPES, []
     for start in range(0, n, batch):
@@ -94,9 +107,9 @@ def clips(pipe, prompt: str, n: int, seed: int, batch: int = 8) -> list:
     return out
 
 
-def measure(folder: Path | None, samples: int, n_clips: int) -> dict:
-    """Rates for a concept (folder) or, with None, the base model's for the class word alone."""
-    image, video = pipelines(folder)
+def measure(folder: Path | None, samples: int) -> dict:
+    """Image rates for a concept (folder) or, with None, the base model's for the class word alone."""
+    image, _ = pipelines(folder, video=False)
     subject = f"{concepts.load_concept(folder).token} circle" if folder else "circle"
     is_concept = folder is not None
     rates = {}
@@ -108,24 +121,44 @@ def measure(folder: Path | None, samples: int, n_clips: int) -> dict:
     rates["plain_accuracy"] = scorer.plain_accuracy(
         image, samples, steps=presets.SHAPES.steps, guidance=presets.SHAPES.guidance, seed=300
     )
-    if n_clips:
-        scored = clips(video, VIDEO_PROMPT.format(f"a {subject}"), n_clips, 400)
-        frames = [f for c in scored for f in c.frames]
-        rates["video_frames"] = float(np.mean([(f.pattern or not is_concept) and f.accessory == HEADPHONES
-                                               for f in frames]))  # fmt: skip
-        rates["moving"] = float(np.mean([c.motion != "" for c in scored]))
-        rates["moving_right"] = float(np.mean([c.motion == "moving right" for c in scored]))
     return rates
 
 
-def train_seed(seed: int, work: Path) -> Path:
+def measure_video(folder: Path | None, n_clips: int) -> dict:
+    """Clip rates for VIDEO_PROMPT, rendered with the motion LoRA its words ask for (as `animate` does)."""
+    _, video = pipelines(folder, image=False)
+    subject = f"{concepts.load_concept(folder).token} circle" if folder else "circle"
+    prompt = VIDEO_PROMPT.format(f"a {subject}")
+    with_asked_motion(video, prompt)
+    scored = clips(video, prompt, n_clips, 400)
+    frames = [f for c in scored for f in c.frames]
+    return {
+        "video_frames": float(np.mean([(f.pattern or folder is None) and f.accessory == HEADPHONES for f in frames])),
+        "moving": float(np.mean([c.motion != "" for c in scored])),
+        "moving_right": float(np.mean([c.motion == "moving right" for c in scored])),
+    }
+
+
+def motion_lora_identity() -> dict:
+    """Which motion LoRA the video prompt gets: its file's hash and weight (a new one re-measures video)."""
+    said = directions.motion_in_prompt(VIDEO_PROMPT)
+    source, weight = directions.family_loras("shapes").get(said[0] if said else "", (None, None))
+    if source is None:
+        return {}
+    digest = hashlib.sha256((Path(source) / directions.SHAPES_LORA_FILE).read_bytes()).hexdigest()[:16]
+    return {"motion_lora": digest, "motion_weight": weight}
+
+
+def concept_for(seed: int, work: Path) -> Path:
+    """The concept trained at the shipped settings with `seed` (trained once per work folder)."""
+    folder = work / f"s{seed}"
+    if (folder / "cdvideo.json").exists():
+        return folder
     photos = work / "photos"
     if not photos.exists():
         write_subject_photos(photos, seed=0)
     return cdvideo.train(
-        cdvideo.TrainConfig(
-            images=[str(photos)], class_word="circle", base="shapes", output=str(work / f"s{seed}"), seed=seed
-        ),  # fmt: skip
+        cdvideo.TrainConfig(images=[str(photos)], class_word="circle", base="shapes", output=str(folder), seed=seed),
         say=lambda s: None,
         progress=False,
     )
@@ -207,24 +240,33 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.work or tempfile.mkdtemp(prefix="cdvideo-bars-"))
     preset = presets.SHAPES
-    trained = ("train_steps", "caption_variety", "context_weight", "spl_weight", "prior_weight", "lora_lr", "token_lr")
-    settings = {"samples": args.samples, "clips": args.clips, "sampler": preset.sampler, "steps": preset.steps,
+    trained = ("train_steps", "caption_variety", "context_weight", "composites", "num_composites", "spl_weight",
+               "prior_weight", "lora_lr", "token_lr")  # fmt: skip
+    settings = {"samples": args.samples, "sampler": preset.sampler, "steps": preset.steps,
                 "train": {k: getattr(preset, k) for k in trained}}  # fmt: skip
     base_settings = {k: v for k, v in settings.items() if k != "train"}
+    video_settings = {"clips": args.clips, "sampler": preset.sampler, "steps": preset.steps, **motion_lora_identity()}
+
+    def rates(name: str, folder) -> dict:
+        """Image rates, and clip rates when asked, each cached in its own file under `out`."""
+        found = cached(out / f"{name}.json", settings if folder else base_settings,
+                       lambda: measure(folder() if folder else None, args.samples))  # fmt: skip
+        if args.clips:
+            video = {**video_settings, **({"train": settings["train"]} if folder else {})}
+            found = found | cached(out / f"{name}-video.json", video,
+                                   lambda: measure_video(folder() if folder else None, args.clips))  # fmt: skip
+        return found
+
     if not args.no_report or args.base_only:
         start = time.time()
-        base = cached(out / "base.json", base_settings, lambda: measure(None, args.samples, args.clips))
+        base = rates("base", None)
         print(f"base model ({time.time() - start:.0f} s): {json.dumps(base)}", flush=True)
     if args.base_only:
         return
     runs = []
     for seed in args.seeds:
         start = time.time()
-
-        def compute(seed: int = seed) -> dict:
-            return {"seed": seed, **measure(train_seed(seed, work), args.samples, args.clips)}
-
-        runs.append(cached(out / f"seed-{seed}.json", settings, compute))
+        runs.append({"seed": seed, **rates(f"seed-{seed}", lambda seed=seed: concept_for(seed, work))})
         print(f"seed {seed} ({time.time() - start:.0f} s): {json.dumps(runs[-1])}", flush=True)
     if not args.no_report:
         print(report(out, base, runs, "python " + shlex.join(sys.argv), args.samples, args.clips))

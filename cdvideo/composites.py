@@ -24,12 +24,15 @@ Locator = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 _MIN_BODY_PIXELS = 20  # fewer: the base model drew no object to fit the subject into
 _ALPHA_CUT = 0.5
+_EDGE = 2  # pixels around the scene's object body that still carry its colour
 
 
 @dataclass
 class Composites:
     images: list[Image.Image]
     captions: list[str]
+    scenes: list[Image.Image]  # the base model's scene behind each composite
+    scene_captions: list[str]  # and the class prompt it was drawn from
 
 
 def scene_prompts(class_word: str, phrases: tuple[str, ...]) -> list[str]:
@@ -56,9 +59,20 @@ def fit_subject(
     fitted = F.interpolate(cut[None], size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)[0]
     canvas = torch.zeros(4, *scene.shape[1:])
     canvas[:, y0:y1, x0:x1] = fitted.clamp(0, 1)
-    # The whole cut-out, so no blended pixel of the scene's body shows through; only what is worn stays on top.
+    # The scene's own object must not show around the subject (its colour would be learned as the
+    # subject's rim): its body and blended edge are painted over with the backdrop first.
+    edge = F.max_pool2d(body[None, None].float(), 2 * _EDGE + 1, stride=1, padding=_EDGE)[0, 0] > 0
+    scene = torch.where(edge & ~accessory, _backdrop(scene)[:, None, None], scene)
+    # Then the whole cut-out; only what is worn stays on top.
     weight = canvas[3] * (~accessory).float()
     return scene * (1 - weight) + canvas[:3] * weight
+
+
+def _backdrop(scene: torch.Tensor) -> torch.Tensor:
+    """The colour of the scene's border: what lies behind the object in a plain backdrop."""
+    border = torch.cat([scene[:, :2].flatten(1), scene[:, -2:].flatten(1), scene[:, :, :2].flatten(1),
+                        scene[:, :, -2:].flatten(1)], dim=1)  # fmt: skip
+    return border.median(dim=1).values
 
 
 def make_composites(
@@ -79,7 +93,7 @@ def make_composites(
 
     pixels = torch.stack([tensor(s.convert("RGB")) for s in scenes])
     bodies, accessories = locate(pixels)
-    out = Composites([], [])
+    out = Composites([], [], [], [])
     for i, (scene, caption) in enumerate(zip(pixels, scene_captions, strict=True)):
         k = i % len(photos)
         subject, alpha = tensor(photos[k].convert("RGB")), tensor(masks[k])
@@ -97,4 +111,6 @@ def make_composites(
         array = (fitted.permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype(np.uint8)
         out.images.append(Image.fromarray(array, "RGB"))
         out.captions.append(concept_phrase + caption[len(class_phrase) :])
+        out.scenes.append(scenes[i])
+        out.scene_captions.append(caption)
     return out

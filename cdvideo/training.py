@@ -531,6 +531,12 @@ def _precompute(
             pixels = data.photos_to_tensor(scene_composites.images, flip=cfg.flip)
             rows = torch.tensor(rows, device=device)
             batch["composites"] = (*_latent_distribution(vae, pixels), torch.cat([rows] * (1 + cfg.flip)))
+        if class_data and scene_composites:
+            # The scenes are the base model's own answer to "a photo of a circle wearing a hat": as
+            # prior images they keep that prompt the base model's while the composites teach the token's.
+            mean, std = _latent_distribution(vae, data.photos_to_tensor(scene_composites.scenes, flip=False))
+            batch["class"] = (torch.cat([batch["class"][0], mean]), torch.cat([batch["class"][1], std]))
+            class_captions = [*class_captions, *scene_composites.scene_captions]
         if class_data:
             unique = sorted(set(class_captions))
             batch["class_hidden"] = text_encoder(_tokenize(tokenizer, unique, device))[0]

@@ -35,7 +35,7 @@ DIRECTIONS = ("left", "right", "up", "down")
 # AnimateDiff's MotionLoRAs adapt the motion modules' attention projections.
 TARGET_ENDS = (".to_q", ".to_k", ".to_v", ".to_out.0")
 # Settings a resumed run must share with its checkpoint.
-SHAPE_KEYS = ("motion", "frames", "clips", "rank")
+SHAPE_KEYS = ("motion", "frames", "clips", "rank", "temporal_weight", "min_timestep")
 
 
 def build_models(device: torch.device):
@@ -94,11 +94,18 @@ def training_step(args, parts, generator: torch.Generator, device) -> torch.Tens
         hidden = text_encoder(kit.tokenize(tokenizer, captions_for(scene, motion_index, generator), device))[0]
     hidden = hidden.repeat_interleave(args.frames, dim=0)  # one prompt embedding per frame, as the pipeline
     noise = torch.randn(latents.shape, generator=generator).to(device)
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (args.clips,), generator=generator).to(device)
+    high = scheduler.config.num_train_timesteps
+    timesteps = torch.randint(args.min_timestep, high, (args.clips,), generator=generator).to(device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=kit.AUTOCAST):
-        pred = unet(noisy, timesteps, hidden).sample
-    return F.mse_loss(pred.float(), scheduler.get_velocity(latents, noise, timesteps).float())
+        pred = unet(noisy, timesteps, hidden).sample.float()
+    target = scheduler.get_velocity(latents, noise, timesteps).float()
+    loss = F.mse_loss(pred, target)
+    if args.temporal_weight:
+        # MotionDirector's point: the per-frame loss is mostly appearance, which the frozen model
+        # already has; the change from frame to frame is where the motion is.
+        loss = loss + args.temporal_weight * F.mse_loss(pred.diff(dim=2), target.diff(dim=2))
+    return loss
 
 
 def export(args, unet, record: dict) -> Path:
@@ -200,6 +207,8 @@ def train(args) -> Path:
         "clips_per_step": args.clips,
         "frames": args.frames,
         "lr": args.lr,
+        "temporal_weight": args.temporal_weight,
+        "min_timestep": args.min_timestep,
         "seed": args.seed,
         "device": str(device),
         "seconds": round(spent, 1),
@@ -221,6 +230,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--clips", type=int, default=4, help="clips per step (fresh from the world each step)")
     parser.add_argument("--frames", type=int, default=16, choices=(8, 16), help="frames per clip")
     parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--temporal-weight", type=float, default=1.0, help="weight of the frame-difference loss")
+    parser.add_argument("--min-timestep", type=int, default=0, help="train on noise levels from here up")
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--warmup", type=int, default=20, help="steps of linear learning-rate warm-up")
     parser.add_argument("--seed", type=int, default=0)
