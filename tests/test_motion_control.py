@@ -164,33 +164,57 @@ def test_a_motion_the_local_copy_lacks_is_one_line_naming_what_exists(
 
 
 def test_shapes_flag_without_shipped_weights_is_one_clear_line(tmp_path, capsys):
+    # The world has no zoom, so no Shapes zoom LoRA ships.
     shipped = sorted(directions.shipped_shapes_loras())
-    if "right" in shipped:
-        pytest.skip("a Shapes 'right' LoRA ships now; the line is tested with 'zoom-in'")
-    args = ["animate", "a circle", "--base", "shapes", "--no-concept", "--motion", "right", "--output", str(tmp_path)]
+    args = ["animate", "a circle", "--base", "shapes", "--no-concept", "--motion", "zoom-in", "--output", str(tmp_path)]
     assert cli_main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
-        f"cdvideo: error: the shapes family has no motion LoRA for 'right' (it has: {', '.join(shipped) or 'none'}); "
+        f"cdvideo: error: the shapes family has no motion LoRA for 'zoom-in' (it has: {', '.join(shipped) or 'none'}); "
         "scripts/train_motion_lora.py trains one, or give a file with --motion-lora PATH[:WEIGHT]"
     ]
 
 
 def test_shapes_prompt_words_without_weights_render_with_a_note_and_record_it(tmp_path):
-    if "right" in directions.shipped_shapes_loras():
-        pytest.skip("a Shapes 'right' LoRA ships now")
     lines = []
     (video,) = cdvideo.animate(
-        cdvideo.AnimateConfig(prompts=["a circle moving right"], base="shapes", use_concept=False, frames=2,
+        cdvideo.AnimateConfig(prompts=["a circle zooming in"], base="shapes", use_concept=False, frames=2,
                               steps=2, output=str(tmp_path)),
         say=lines.append, progress=False,
     )  # fmt: skip
     assert any(
-        line.startswith("note: 'moving right' asks for right; the shapes family has no motion LoRA") for line in lines
+        line.startswith("note: 'zooming in' asks for zoom-in; the shapes family has no motion LoRA") for line in lines
     )
     assert settings_of(video)["motion"] == {
-        "name": "right", "asked_by": "prompt", "words": "moving right", "lora": None, "weight": None,
-        "camera": "pan-left",
+        "name": "zoom-in", "asked_by": "prompt", "words": "zooming in", "lora": None, "weight": None,
+        "camera": "zoom-in",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(directions.shipped_shapes_loras()))
+def test_a_shipped_shapes_motion_lora_loads_in_stock_diffusers_and_is_applied_by_its_words(name, tmp_path):
+    """Each shipped LoRA is a stock diffusers LoRA on the motion modules; "moving NAME" in a prompt
+    applies it at its recorded weight, and the settings JSON says so."""
+    from diffusers import AnimateDiffPipeline, MotionAdapter
+
+    from cdvideo.shapes import models
+
+    folder = directions.shipped_shapes_loras()[name]
+    adapter = MotionAdapter.from_pretrained(models.MOTION_DIR)
+    pipe = AnimateDiffPipeline.from_pretrained(models.BASE_DIR, motion_adapter=adapter)
+    pipe.load_lora_weights(str(folder), weight_name=directions.SHAPES_LORA_FILE, adapter_name=f"motion-{name}")
+    adapted = {n for n, _ in pipe.unet.named_parameters() if f"lora_A.motion-{name}" in n}
+    assert adapted and all("motion_modules" in n for n in adapted)
+
+    weight = json.loads((folder / directions.SHAPES_RECORD).read_text())["weight"]
+    (video,) = cdvideo.animate(
+        cdvideo.AnimateConfig(prompts=[f"a circle moving {name}"], base="shapes", use_concept=False, frames=2,
+                              steps=2, output=str(tmp_path)),
+        say=lambda s: None, progress=False,
+    )  # fmt: skip
+    assert settings_of(video)["motion"] == {
+        "name": name, "asked_by": "prompt", "words": f"moving {name}", "lora": str(folder), "weight": weight,
+        "camera": directions.CAMERA[name],
     }  # fmt: skip
 
 
