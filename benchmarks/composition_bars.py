@@ -149,16 +149,24 @@ def motion_lora_identity() -> dict:
     return {"motion_lora": digest, "motion_weight": weight}
 
 
-def concept_for(seed: int, work: Path) -> Path:
-    """The concept trained at the shipped settings with `seed` (trained once per work folder)."""
-    folder = work / f"s{seed}"
+def concept_for(seed: int, work: Path, spl_weight: float | None = None) -> Path:
+    """The concept trained at the shipped settings with `seed` (trained once per work folder), or
+    with another SPL weight."""
+    folder = work / (f"s{seed}" if spl_weight is None else f"s{seed}-spl{spl_weight:g}")
     if (folder / "cdvideo.json").exists():
         return folder
     photos = work / "photos"
     if not photos.exists():
         write_subject_photos(photos, seed=0)
     return cdvideo.train(
-        cdvideo.TrainConfig(images=[str(photos)], class_word="circle", base="shapes", output=str(folder), seed=seed),
+        cdvideo.TrainConfig(
+            images=[str(photos)],
+            class_word="circle",
+            base="shapes",
+            output=str(folder),
+            seed=seed,
+            spl_weight=spl_weight,
+        ),  # fmt: skip
         say=lambda s: None,
         progress=False,
     )
@@ -235,6 +243,7 @@ def main() -> None:
     parser.add_argument("--work", help="folder for the trained concepts (default: a temporary one)")
     parser.add_argument("--base-only", action="store_true", help="measure the base model only (for parallel runs)")
     parser.add_argument("--no-report", action="store_true", help="measure only (for parallel runs)")
+    parser.add_argument("--spl-weight", type=float, help="train with this SPL weight instead of the preset's")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -244,6 +253,8 @@ def main() -> None:
                "prior_weight", "lora_lr", "token_lr")  # fmt: skip
     settings = {"samples": args.samples, "sampler": preset.sampler, "steps": preset.steps,
                 "train": {k: getattr(preset, k) for k in trained}}  # fmt: skip
+    if args.spl_weight is not None:
+        settings["train"]["spl_weight"] = args.spl_weight
     base_settings = {k: v for k, v in settings.items() if k != "train"}
     video_settings = {"clips": args.clips, "sampler": preset.sampler, "steps": preset.steps, **motion_lora_identity()}
 
@@ -266,7 +277,7 @@ def main() -> None:
     runs = []
     for seed in args.seeds:
         start = time.time()
-        runs.append({"seed": seed, **rates(f"seed-{seed}", lambda seed=seed: concept_for(seed, work))})
+        runs.append({"seed": seed, **rates(f"seed-{seed}", lambda seed=seed: concept_for(seed, work, args.spl_weight))})
         print(f"seed {seed} ({time.time() - start:.0f} s): {json.dumps(runs[-1])}", flush=True)
     if not args.no_report:
         print(report(out, base, runs, "python " + shlex.join(sys.argv), args.samples, args.clips))

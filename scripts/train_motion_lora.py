@@ -10,6 +10,11 @@ writes `--output` (default RUN_DIR/lora): `pytorch_lora_weights.safetensors` (fp
 diffusers `AnimateDiffPipeline.load_lora_weights(folder, adapter_name=...)`) and `TRAINING.json`.
 After measuring it, ship it as cdvideo/shapes/weights/motion_loras/<motion>/, where `--motion <motion>`
 finds it. Every step draws fresh clips of the asked motion from the world.
+
+The loss adds MotionDirector's point (Zhao et al. 2023) to the plain one: the frame-to-frame change of
+the prediction is matched too (`--temporal-weight`), and the low-noise steps, where the layout and the
+path are already set, are skipped (`--min-timestep`). For "right", 300 steps of 4 clips: the plain
+loss at lr 3e-4 moved clips right in 0.25 of 16 (0.62 at weight 3); this one in 0.81 at weight 1.
 """
 
 from __future__ import annotations
@@ -231,8 +236,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--frames", type=int, default=16, choices=(8, 16), help="frames per clip")
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--temporal-weight", type=float, default=1.0, help="weight of the frame-difference loss")
-    parser.add_argument("--min-timestep", type=int, default=0, help="train on noise levels from here up")
-    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--min-timestep", type=int, default=200, help="train on noise levels from here up")
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=20, help="steps of linear learning-rate warm-up")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run-dir", type=Path, help="checkpoints and log (default runs/motion-lora-<motion>)")
