@@ -214,7 +214,8 @@ def test_composites_need_a_locator_and_masks(tiny_base, dog_photos, tmp_path, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "locator" in err[0] and "--composites 0" in err[0]
     # On Shapes, photos without transparency turn them off, say so and record it.
-    assert cli_main(["train", str(dog_photos), "--class-word", "circle", "--base", "shapes", "--output",
-                     str(tmp_path / "d"), "--steps", "1", "--prior-weight", "0"]) == 0  # fmt: skip
+    args = ["train", str(dog_photos), "--class-word", "circle", "--base", "shapes", "--output", str(tmp_path / "d"),
+            "--steps", "1", "--prior-weight", "0", "--composites", "0.5"]  # fmt: skip
+    assert cli_main(args) == 0
     assert "scene composites are off" in capsys.readouterr().out
     assert json.loads((tmp_path / "d" / "train_config.json").read_text())["composites"] == 0.0
