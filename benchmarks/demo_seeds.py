@@ -20,7 +20,7 @@ from pathlib import Path
 
 from cdvideo.atomic import write_text_atomic
 
-ROW = re.compile(r"^  (subject pattern \(frames\)|class|accessory|motion|motion correct)\s+(\S.*?)\s{2,}(\S.*)$")
+ROW = re.compile(r"^  (subject pattern \(frames\)|class|accessory|motion correct|motion)\s{2,}(\S.*?)\s{2,}(\S.*)$")
 
 
 def run_demo(seed: int, folder: Path) -> tuple[float, dict]:

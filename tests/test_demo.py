@@ -24,6 +24,8 @@ def test_demo_runs_offline_and_prints_a_scorecard(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "scorecard" in result.stdout and "concept-class cosine" in result.stdout
     assert "prompt: a <new1> circle wearing headphones moving right" in result.stdout
+    # "moving right" applies the shipped Shapes motion LoRA, and the render says so.
+    assert "| motion right (camera pan-left; from the prompt): " in result.stdout
     for folder in ("with-concept", "without-concept"):
         info = video_info(out / folder / "a-circle-wearing-headphones-moving-right-0.mp4")
         assert (info["frames"], info["width"], info["height"]) == (16, 64, 64)
