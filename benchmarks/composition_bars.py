@@ -97,14 +97,19 @@ def with_asked_motion(pipe, prompt: str) -> None:
         motion.load_motion_loras(pipe, [], [source]).activate(pipe, source, weight)
 
 
-def clips(pipe, prompt: str, n: int, seed: int, batch: int = 8) -> list:
+def render_clips(pipe, prompts: list[str], classes: list[str], seed: int, batch: int = 8) -> list:
+    """Score clips of `prompts` at the family's shipped sampler settings, `batch` at a time."""
     preset, out = presets.SHAPES, []
-    for start in range(0, n, batch):
-        frames = pipe([prompt] * min(batch, n - start), num_frames=preset.frames, num_inference_steps=preset.steps,
+    for start in range(0, len(prompts), batch):
+        frames = pipe(prompts[start : start + batch], num_frames=preset.frames, num_inference_steps=preset.steps,
                       guidance_scale=preset.guidance, generator=torch.Generator().manual_seed(seed + start),
                       output_type="pt", height=64, width=64).frames  # fmt: skip
-        out += scorer.score_clips(frames.float(), expected_cls=["circle"] * len(frames))
+        out += scorer.score_clips(frames.float(), expected_cls=classes[start : start + batch])
     return out
+
+
+def clips(pipe, prompt: str, n: int, seed: int) -> list:
+    return render_clips(pipe, [prompt] * n, ["circle"] * n, seed)
 
 
 def measure(folder: Path | None, samples: int) -> dict:

@@ -22,16 +22,16 @@ import sys
 import time
 from pathlib import Path
 
+import composition_bars
 import numpy as np
 import torch
 
 from cdvideo import concept as concepts
 from cdvideo import directions, loading, motion, presets
 from cdvideo.atomic import write_json_atomic, write_text_atomic
-from cdvideo.shapes import scorer, world
+from cdvideo.shapes import world
 
 BARS = {"asked": 0.85, "class_kept": 0.90}
-BATCH = 8
 
 
 def video_pipeline(concept: Path | None):
@@ -52,17 +52,6 @@ def plain_prompts(direction: str, n: int, seed: int) -> tuple[list[str], list[st
     names = list(world.COLOURS)
     prompts = [f"a {names[k]} {world.CLASSES[c]} moving {direction}" for c, k in zip(cls, colour, strict=True)]
     return prompts, [world.CLASSES[c] for c in cls]
-
-
-def render_and_score(pipe, prompts: list[str], classes: list[str], seed: int) -> list:
-    preset, scores = presets.SHAPES, []
-    for start in range(0, len(prompts), BATCH):
-        batch = prompts[start : start + BATCH]
-        frames = pipe(batch, num_frames=preset.frames, num_inference_steps=preset.steps,
-                      guidance_scale=preset.guidance, generator=torch.Generator().manual_seed(seed + start),
-                      output_type="pt", height=64, width=64).frames  # fmt: skip
-        scores += scorer.score_clips(frames.float(), expected_cls=classes[start : start + BATCH])
-    return scores
 
 
 def rates(scores: list, direction: str) -> dict:
@@ -95,7 +84,7 @@ def measure(n: int, concept: Path | None, without: bool, only: list[str] | None,
                 source, weight = loras[direction]
                 adapters.activate(pipe, source if use else None, weight if use else None)
                 started = time.time()
-                scored = render_and_score(pipe, prompts, classes, 1000 + 100 * i)
+                scored = composition_bars.render_clips(pipe, prompts, classes, 1000 + 100 * i)
                 cell = rates(scored, direction) | {"seconds": round(time.time() - started, 1)}
                 results.setdefault(key, {}).setdefault(direction, {})["lora" if use else "no lora"] = cell
                 label = "lora" if use else "no lora"
