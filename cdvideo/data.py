@@ -70,6 +70,22 @@ class PhotoSet:
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
+    # The per-photo notes again, as {note: photo labels}, so the same note on many photos reads once.
+    photo_notes: dict[str, list[str]] = field(default_factory=dict)
+
+    def grouped_notes(self) -> list[str]:
+        """The notes, with a note that several photos share folded into one line."""
+        shared = {text: labels for text, labels in self.photo_notes.items() if len(labels) > 1}
+        lines = [n for n in self.notes if not any(n.endswith(f": {text}") and n.split(": ")[0] in labels
+                                                   for text, labels in shared.items())]  # fmt: skip
+        for text, labels in shared.items():
+            shown = ", ".join(labels[:3]) + (f" and {len(labels) - 3} more" if len(labels) > 3 else "")
+            lines.append(f"{len(labels)} photos ({shown}): {text}")
+        return lines
+
+
+COMPOSITED_NOTE = "transparent pixels composited on white"
+
 
 class _Skip(Exception):
     """Internal: this file cannot be used; the message is the reason shown to the user."""
@@ -114,6 +130,8 @@ def load_photos(
         result.masks.append(mask)
         result.paths.append(path)
         result.notes.extend(f"{labels[path]}: {n}" for n in notes)
+        for note in notes:
+            result.photo_notes.setdefault(note, []).append(labels[path])
         # Fail early rather than decode thousands of files pointed at by mistake.
         if len(result.images) > max_photos:
             raise UserError(
@@ -241,7 +259,7 @@ def _process(im: Image.Image, resolution: int, min_size: int) -> tuple[Image.Ima
     rgb = _reduce(rgb, resolution)
     composited = alpha is not None
     if composited:
-        notes.append("transparent pixels composited on white")
+        notes.append(COMPOSITED_NOTE)
     if min(width, height) < resolution:
         notes.append(f"only {width}x{height}, upscaled to {resolution} px (may look soft)")
     if max(width, height) > 2 * min(width, height):

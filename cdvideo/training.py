@@ -607,9 +607,11 @@ def train(
     photos = data.load_photos(cfg.images, cfg.resolution)
     for path, reason in photos.skipped:
         say(f"skipped {path}: {reason}")
-    for note in photos.notes:
-        say(f"note: {note}")
     cfg = _with_masks(cfg, photos, say)
+    for note in photos.grouped_notes():
+        if cfg.masked_loss and note.endswith(data.COMPOSITED_NOTE):
+            note = note.replace(data.COMPOSITED_NOTE, "cut-outs: their transparency is the subject's mask for the loss")
+        say(f"note: {note}")
 
     def write_run_files(folder: Path) -> None:
         """The run's settings and photos, beside each checkpoint and the finished concept."""

@@ -343,3 +343,19 @@ def test_photos_to_tensor_rejects_mismatched_sizes() -> None:
         photos_to_tensor([Image.new("RGB", (8, 8)), Image.new("RGB", (4, 4))], flip=False)
     with pytest.raises(ValueError, match="^no images to convert$"):
         photos_to_tensor([], flip=True)
+
+
+def test_a_note_many_photos_share_reads_once(tmp_path: Path) -> None:
+    for i in range(5):
+        im = Image.new("RGBA", (96, 96), (0, 0, 200 + i, 255))
+        im.paste((0, 0, 0, 0), (0, 0, 24, 96))
+        im.save(tmp_path / f"cut{i}.png")
+    Image.new("RGB", (40, 96), (9, 9, 9)).resize((96, 40)).save(tmp_path / "wide.png")
+
+    photos = load_photos([tmp_path], RES, min_size=32)
+
+    lines = photos.grouped_notes()
+    assert "5 photos (cut0.png, cut1.png, cut2.png and 2 more): transparent pixels composited on white" in lines
+    assert sum("composited" in line for line in lines) == 1
+    assert any(line.startswith("wide.png: ") for line in lines)
+    assert len(photos.notes) == len(lines) + 4  # the per-photo notes are all still there
