@@ -68,6 +68,12 @@ def fit_subject(
     return scene * (1 - weight) + canvas[:3] * weight
 
 
+def _unblend_from_white(rgb: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """The subject's own colours at its soft edge: the photo loader composited the cut-out on white
+    (rgb = colour * alpha + (1 - alpha)), and blending that onto a scene again would draw a pale rim."""
+    return ((rgb - (1 - alpha)) / alpha.clamp_min(1e-3)).clamp(0, 1)
+
+
 def _backdrop(scene: torch.Tensor) -> torch.Tensor:
     """The colour of the scene's border: what lies behind the object in a plain backdrop."""
     border = torch.cat([scene[:, :2].flatten(1), scene[:, -2:].flatten(1), scene[:, :, :2].flatten(1),
@@ -101,6 +107,7 @@ def make_composites(
         if subject.shape[1:] != size:
             subject = F.interpolate(subject[None], size=size, mode="bilinear", align_corners=False)[0]
             alpha = F.interpolate(alpha[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+        subject = _unblend_from_white(subject, alpha)
         body, accessory = bodies[i], accessories[i]
         if body.shape != size:  # a locator that reads a fixed size: masks back at the scene's
             body = F.interpolate(body[None, None].float(), size=size)[0, 0] > 0.5

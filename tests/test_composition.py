@@ -219,3 +219,24 @@ def test_composites_need_a_locator_and_masks(tiny_base, dog_photos, tmp_path, ca
     assert cli_main(args) == 0
     assert "scene composites are off" in capsys.readouterr().out
     assert json.loads((tmp_path / "d" / "train_config.json").read_text())["composites"] == 0.0
+
+
+def test_a_soft_edged_cutout_leaves_no_pale_rim_on_a_dark_scene(tmp_path):
+    """The loader shows a cut-out on white; fitted onto a black scene, its soft edge must blend blue
+    into black, not into the white it was shown on."""
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    alpha = ((20 - ((yy - 32) ** 2 + (xx - 32) ** 2).sqrt()) / 4).clamp(0, 1)  # 4 px soft edge
+    rgba = torch.stack([torch.zeros(64, 64), torch.zeros(64, 64), torch.ones(64, 64), alpha], -1)
+    Image.fromarray((rgba.numpy() * 255).round().astype(np.uint8), "RGBA").save(tmp_path / "blue.png")
+    photos = data.load_photos([tmp_path], 64)
+    scene = Image.new("RGB", (64, 64), "black")
+
+    def locate(pixels):
+        disk = ((yy - 30) ** 2 + (xx - 34) ** 2).sqrt() < 14
+        return disk[None].expand(len(pixels), -1, -1), torch.zeros(len(pixels), 64, 64, dtype=torch.bool)
+
+    made = composites.make_composites([scene], ["a photo of a circle at night"], photos.images, photos.masks,
+                                      locate, "a photo of a circle", "a photo of a <new1> circle")  # fmt: skip
+    pixels = np.asarray(made.images[0], np.float32) / 255
+    assert pixels[..., 2].max() > 0.99  # the subject is there
+    assert pixels[..., :2].max() < 0.02  # and nothing pale around it
