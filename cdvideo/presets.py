@@ -39,6 +39,7 @@ class Preset:
     lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
     spl_weight: float = 1.0
     prior_weight: float = 0.0  # > 0: prior preservation on images of the class word
+    prior_target: str = "images"  # or "base": the prior items follow the base model's prediction
     num_class_images: int = 50
     # Prompts the prior images are drawn from; "{class_word}" is filled in.
     prior_prompts: tuple[str, ...] = ("a photo of a {class_word}",)

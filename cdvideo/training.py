@@ -41,6 +41,7 @@ from cdvideo.unet_weights import FINETUNES, FullWeights, LoraWeights
 
 LOG_EVERY = 10  # metrics of every step are written, in batches of this many
 CONFIG_FILE = "train_config.json"
+PRIOR_TARGETS = ("images", "base")
 
 
 @dataclass
@@ -74,6 +75,9 @@ class TrainConfig:
     num_composites: int | None = None  # base-model scenes the subject is fitted into
     seed: int = 0
     prior_weight: float | None = None  # > 0 enables prior preservation
+    # What the prior items are taught: "images" (DreamBooth: their own noise) or "base" (the base
+    # model's prediction at the same noisy latent: the LoRA is held to the base model off the token).
+    prior_target: str | None = None
     class_images: str | None = None  # a `name.txt` beside `name.png` is that image's prompt (kohya style)
     num_class_images: int | None = None
     class_prompts: list[str] | None = None  # prompts for generated prior images (default: the preset's)
@@ -104,6 +108,7 @@ class TrainConfig:
             ("batch_size", preset.batch_size),
             ("spl_weight", preset.spl_weight),
             ("prior_weight", preset.prior_weight),
+            ("prior_target", preset.prior_target),
             ("num_class_images", preset.num_class_images),
             ("caption_variety", preset.caption_variety),
             ("context_weight", preset.context_weight),
@@ -143,6 +148,8 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError("--lora-targets needs at least one module name, e.g. attn2.to_k attn2.to_v")
     if cfg.prior_weight > 0 and not cfg.class_images and not cfg.class_prompts:
         raise UserError("--class-prompt needs a prompt; give one, or drop it for 'a photo of a CLASS'")
+    if cfg.prior_target not in PRIOR_TARGETS:
+        raise UserError(f"--prior-target must be one of {', '.join(PRIOR_TARGETS)} (got {cfg.prior_target!r})")
     if cfg.spl_weight < 0 or cfg.prior_weight < 0:
         raise UserError("--spl-weight and --prior-weight must be >= 0")
     if cfg.context_weight < 0:
@@ -409,7 +416,13 @@ def _batch_loss(cfg, batch, unet, text_encoder, noise_scheduler, generator, scal
             context = _masked_mean(gap, 1 - mask[around]).sum() / cfg.batch_size
     else:
         mse = errors[: cfg.batch_size].mean()
-    prior_loss = errors[cfg.batch_size :].mean() if batch["class"] is not None else torch.zeros((), device=device)
+    prior_loss = torch.zeros((), device=device)
+    if batch["class"] is not None and cfg.prior_target == "base":
+        with torch.no_grad(), _base_model(unet):
+            teacher = unet(noisy[cfg.batch_size :], timesteps[cfg.batch_size :], hidden[cfg.batch_size :]).sample
+        prior_loss = F.mse_loss(prediction[cfg.batch_size :].float(), teacher.float())
+    elif batch["class"] is not None:
+        prior_loss = errors[cfg.batch_size :].mean()
     spl = semantic_preservation_loss(concept_spl, batch["class_spl"])
     loss = mse + cfg.prior_weight * prior_loss + cfg.spl_weight * spl + cfg.context_weight * context
     cosine = concept_class_cosine(concept_features.detach(), batch["class_features"]).mean()

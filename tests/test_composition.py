@@ -240,3 +240,46 @@ def test_a_soft_edged_cutout_leaves_no_pale_rim_on_a_dark_scene(tmp_path):
     pixels = np.asarray(made.images[0], np.float32) / 255
     assert pixels[..., 2].max() > 0.99  # the subject is there
     assert pixels[..., :2].max() < 0.02  # and nothing pale around it
+
+
+def _prior_term(base: Path, prior_target: str, learned: bool) -> float:
+    """The prior part of one batch on the tiny model, with a fresh (zero) or a learned LoRA."""
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(base)
+    pipe.unet.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["to_k", "to_q"]))
+    if learned:
+        for lora in (p for n, p in pipe.unet.named_parameters() if "lora_B" in n):
+            torch.nn.init.normal_(lora, std=0.5)
+    cfg = TrainConfig(images=[], class_word="dog", base=str(base), batch_size=2, prior_weight=1.0,
+                      prior_target=prior_target).resolved()  # fmt: skip
+    tokens = pipe.tokenizer(["a photo of a dog"], padding="max_length", max_length=77, return_tensors="pt")
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        hidden = pipe.text_encoder(tokens.input_ids)[0]
+    batch = {
+        "instance": (latents, torch.zeros_like(latents)), "class": (latents.flip(0), torch.zeros_like(latents)),
+        "class_hidden": hidden, "class_caption": torch.zeros(2, dtype=torch.long), "concept_ids": tokens.input_ids,
+        "variety": 0.0, "variety_rows": 1, "composites": None, "masks": None, "teacher_hidden": hidden,
+        "eos_id": pipe.tokenizer.eos_token_id, "class_features": torch.zeros(1, 32), "class_spl": torch.zeros(1, 32),
+    }  # fmt: skip
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    with torch.no_grad():
+        parts = _batch_loss(cfg, batch, pipe.unet, pipe.text_encoder, scheduler, torch.Generator().manual_seed(1), 1.0)
+    return float(parts[1]["prior"])
+
+
+def test_prior_items_can_follow_the_base_model_instead_of_their_noise(tiny_base):
+    """--prior-target base holds the LoRA to the base model's own prediction off the token: nothing to
+    learn while the LoRA is still the base model, a penalty once it differs. DreamBooth's target (the
+    images' noise) is never met exactly."""
+    assert _prior_term(tiny_base, "base", learned=False) < 1e-10
+    assert _prior_term(tiny_base, "base", learned=True) > 0.0
+    assert _prior_term(tiny_base, "images", learned=False) > 0.1
+
+
+def test_an_unknown_prior_target_is_one_clear_line(tiny_base, dog_photos, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli_main(cli_train_args(tiny_base, dog_photos, tmp_path / "out", "--prior-weight", "1", "--prior-target", "x"))
+    assert stop.value.code != 0
+    assert "--prior-target" in capsys.readouterr().err
