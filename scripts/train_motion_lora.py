@@ -20,6 +20,7 @@ loss at lr 3e-4 moved clips right in 0.25 of 16 (0.62 at weight 3); this one in 
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import time
@@ -113,6 +114,14 @@ def training_step(args, parts, generator: torch.Generator, device) -> torch.Tens
     return loss
 
 
+def shipped_lora(folder: Path) -> dict[str, torch.Tensor]:
+    """A finished motion LoRA's layers as peft names them, fp32, to continue training from."""
+    from safetensors.torch import load_file
+
+    layers = load_file(folder / SHAPES_LORA_FILE)
+    return {k.removeprefix("unet."): v.float() for k, v in layers.items()}
+
+
 def export(args, unet, record: dict) -> Path:
     """fp16 diffusers LoRA file plus the training record, written into place whole."""
     from diffusers import AnimateDiffPipeline
@@ -146,6 +155,9 @@ def train(args) -> Path:
         set_peft_model_state_dict(unet, state["lora"])
         opt.load_state_dict(state["opt"])
         generator.set_state(state["generator"])
+    elif args.init_from:
+        set_peft_model_state_dict(unet, shipped_lora(args.init_from))
+        state["steps_before"] = json.loads((args.init_from / SHAPES_RECORD).read_text())["steps"]
     kit.log(run_dir, command=" ".join(sys.argv), device=str(device), **shape, resumed_at=state["step"])
     parts = (tokenizer, text_encoder, vae, unet, models.train_scheduler())
     step, spent, losses = state["step"], state["seconds"], state["losses"]
@@ -165,6 +177,7 @@ def train(args) -> Path:
                 "lora": lora,
                 "opt": opt.state_dict(),
                 "generator": generator.get_state(),
+                **({"steps_before": state["steps_before"]} if "steps_before" in state else {}),
             },  # fmt: skip
         )
 
@@ -208,7 +221,8 @@ def train(args) -> Path:
         "targets": "motion modules' attention (to_q, to_k, to_v, to_out.0)",
         "rank": args.rank,
         "alpha": args.rank,
-        "steps": step,
+        "steps": state.get("steps_before", 0) + step,
+        **({"continued_from_step": state["steps_before"]} if "steps_before" in state else {}),
         "clips_per_step": args.clips,
         "frames": args.frames,
         "lr": args.lr,
@@ -243,6 +257,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--run-dir", type=Path, help="checkpoints and log (default runs/motion-lora-<motion>)")
     parser.add_argument("--output", type=Path, help="finished LoRA folder (default RUN_DIR/lora)")
     parser.add_argument("--resume", action="store_true", help="continue the run dir's checkpoint")
+    parser.add_argument("--init-from", type=Path, help="a finished motion LoRA folder to continue training")
     parser.add_argument("--checkpoint-minutes", type=float, default=3)
     parser.add_argument("--log-every", type=int, default=10)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

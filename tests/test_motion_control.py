@@ -280,3 +280,20 @@ def test_motion_lora_script_trains_resumes_and_loads_in_stock_diffusers(tmp_path
                     output_type="np").frames[0]  # fmt: skip
 
     assert not np.array_equal(frames(1.0), frames(0.0))
+
+
+def test_motion_lora_script_continues_a_finished_lora(tmp_path):
+    """--init-from starts from a shipped LoRA's weights, and its record counts all the steps."""
+    from cdvideo import directions
+
+    trainer = _script("train_motion_lora")
+    shipped = Path(directions.family_loras("shapes")["right"][0])
+    out = trainer.main(["--motion", "right", "--clips", "1", "--frames", "8", "--steps", "1", "--lr", "1e-9",
+                        "--run-dir", str(tmp_path / "run"), "--init-from", str(shipped)])  # fmt: skip
+    record = json.loads((out / "TRAINING.json").read_text())
+    before = json.loads((shipped / "TRAINING.json").read_text())["steps"]
+    assert (record["steps"], record["continued_from_step"]) == (before + 1, before)
+    old, new = trainer.shipped_lora(shipped), trainer.shipped_lora(out)
+    assert old.keys() == new.keys()
+    assert max(float((old[k] - new[k]).abs().max()) for k in old) < 1e-2  # one tiny step from the shipped weights
+    assert max(float(new[k].abs().max()) for k in new if "lora_B" in k) > 1e-2  # not a fresh (zero) LoRA
