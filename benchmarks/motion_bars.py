@@ -16,6 +16,7 @@ the LoRA the words ask for, at its recorded weight), and scores them with the wo
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shlex
 import sys
@@ -86,6 +87,7 @@ def measure(n: int, concept: Path | None, without: bool, only: list[str] | None,
                 started = time.time()
                 scored = composition_bars.render_clips(pipe, prompts, classes, 1000 + 100 * i)
                 cell = rates(scored, direction) | {"seconds": round(time.time() - started, 1)}
+                cell |= {"lora_sha": lora_digest(source), "weight": weight} if use else {}
                 results.setdefault(key, {}).setdefault(direction, {})["lora" if use else "no lora"] = cell
                 label = "lora" if use else "no lora"
                 say(f"{key:8s} {direction:5s} {label:8s} asked {cell['asked']:.2f}  class kept "
@@ -93,8 +95,26 @@ def measure(n: int, concept: Path | None, without: bool, only: list[str] | None,
     return results
 
 
-def report(results: dict, command: str) -> str:
-    lines = ["# Motion bars (issue 14)", "", f"Command: `{command}`", "",
+def lora_digest(source: str) -> str:
+    return hashlib.sha256((Path(source) / directions.SHAPES_LORA_FILE).read_bytes()).hexdigest()[:16]
+
+
+def merged(old: dict, new: dict) -> dict:
+    """`new` over `old`: an old cell stays only while its direction's shipped LoRA is the one it measured."""
+    loras = directions.family_loras("shapes")
+    out = {key: dict(per) for key, per in new.items()}
+    for key, per_direction in old.items():
+        for direction, cells in per_direction.items():
+            current = lora_digest(loras[direction][0]) if direction in loras else None
+            if direction not in out.get(key, {}) and cells.get("lora", {}).get("lora_sha") == current:
+                out.setdefault(key, {})[direction] = cells
+    return {key: dict(sorted(per.items())) for key, per in out.items()}
+
+
+def report(results: dict, commands: list[str]) -> str:
+    lines = ["# Motion bars (issue 14)", "",
+             "Commands (each measures the directions it names; a cell stays until that LoRA changes):", "",
+             *[f"    {c}" for c in commands], "",
              "| prompts | direction | motion LoRA | clips | moves as asked (0.85) | class kept (0.90) | moving |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for key, per_direction in results.items():
@@ -122,8 +142,12 @@ def main() -> None:
     results = measure(args.clips, args.concept, args.without, args.directions)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(args.out / "motion_bars.json", {"command": command, "results": results})
-        write_text_atomic(args.out / "motion_bars.md", report(results, command))
+        previous = args.out / "motion_bars.json"
+        old = json.loads(previous.read_text()) if previous.exists() else {}
+        results = merged(old.get("results", {}), results)
+        commands = list(dict.fromkeys([*old.get("commands", []), command]))
+        write_json_atomic(previous, {"commands": commands, "results": results})
+        write_text_atomic(args.out / "motion_bars.md", report(results, commands))
     print(json.dumps(results))
 
 

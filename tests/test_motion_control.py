@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -297,3 +298,16 @@ def test_motion_lora_script_continues_a_finished_lora(tmp_path):
     assert old.keys() == new.keys()
     assert max(float((old[k] - new[k]).abs().max()) for k in old) < 1e-2  # one tiny step from the shipped weights
     assert max(float(new[k].abs().max()) for k in new if "lora_B" in k) > 1e-2  # not a fresh (zero) LoRA
+
+
+def test_motion_bars_keep_a_cell_only_while_its_lora_is_the_shipped_one() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import motion_bars
+
+    shipped = motion_bars.lora_digest(directions.family_loras("shapes")["up"][0])
+    old = {"plain": {"up": {"lora": {"asked": 0.9, "lora_sha": shipped}},
+                     "left": {"lora": {"asked": 0.6, "lora_sha": "an older left"}}}}  # fmt: skip
+    new = {"plain": {"right": {"lora": {"asked": 0.8, "lora_sha": "x"}}}}
+    merged = motion_bars.merged(old, new)["plain"]
+    assert sorted(merged) == ["right", "up"]
+    assert merged["up"]["lora"]["asked"] == 0.9
