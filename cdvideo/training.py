@@ -364,6 +364,15 @@ def _base_model(unet):
         model.enable_adapters()
 
 
+def _base_predictions(unet, noisy, timesteps, taught: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """The base model's (LoRA off) predictions, fp32, for each (rows, text states) in `taught`, in order."""
+    if not taught:
+        return noisy.new_zeros((0,))
+    rows = torch.cat([r for r, _ in taught])
+    with torch.no_grad(), _base_model(unet):
+        return unet(noisy[rows], timesteps[rows], torch.cat([h for _, h in taught])).sample.float()
+
+
 def _batch_loss(cfg, batch, unet, text_encoder, noise_scheduler, generator, scaling_factor):
     """One batch of the ClassDiffusion objective; returns (loss, its parts, the concept's EOS features).
 
@@ -402,25 +411,29 @@ def _batch_loss(cfg, batch, unet, text_encoder, noise_scheduler, generator, scal
     prediction = unet(noisy, timesteps, hidden).sample
     target = _diffusion_target(noise_scheduler, latents, noise, timesteps)
     errors = F.mse_loss(prediction.float(), target.float(), reduction="none")
+    # Items the base model (LoRA off) teaches: the subject's surroundings, and with --prior-target base
+    # the prior items; one no-grad pass serves both.
+    around = (mask < 1).flatten(1).any(1).nonzero().flatten() if mask is not None and cfg.context_weight else None
+    around = around if around is not None and len(around) else None
+    prior_rows = torch.arange(cfg.batch_size, len(latents), device=device)
+    taught = [] if around is None else [(around, batch["teacher_hidden"][rows[around]])]
+    if batch["class"] is not None and cfg.prior_target == "base":
+        taught.append((prior_rows, hidden[cfg.batch_size :]))
+    teacher = _base_predictions(unet, noisy, timesteps, taught)
     context = torch.zeros((), device=device)
     if mask is not None:
         # The photos teach only the subject. Around it the concept prompt is taught what the base
         # model draws for the class prompt with the same words, so "on grass" or "wearing a hat"
         # keep their meaning next to the token. (Composites are true whole: no context.)
         mse = _masked_mean(errors[: cfg.batch_size], mask).mean()
-        around = (mask < 1).flatten(1).any(1).nonzero().flatten()
-        if cfg.context_weight and len(around):
-            with torch.no_grad(), _base_model(unet):
-                teacher = unet(noisy[around], timesteps[around], batch["teacher_hidden"][rows[around]])
-            gap = (prediction[around].float() - teacher.sample.float()) ** 2
+        if around is not None:
+            gap = (prediction[around].float() - teacher[: len(around)]) ** 2
             context = _masked_mean(gap, 1 - mask[around]).sum() / cfg.batch_size
     else:
         mse = errors[: cfg.batch_size].mean()
     prior_loss = torch.zeros((), device=device)
     if batch["class"] is not None and cfg.prior_target == "base":
-        with torch.no_grad(), _base_model(unet):
-            teacher = unet(noisy[cfg.batch_size :], timesteps[cfg.batch_size :], hidden[cfg.batch_size :]).sample
-        prior_loss = F.mse_loss(prediction[cfg.batch_size :].float(), teacher.float())
+        prior_loss = F.mse_loss(prediction[cfg.batch_size :].float(), teacher[len(teacher) - len(prior_rows) :])
     elif batch["class"] is not None:
         prior_loss = errors[cfg.batch_size :].mean()
     spl = semantic_preservation_loss(concept_spl, batch["class_spl"])
