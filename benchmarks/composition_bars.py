@@ -154,10 +154,12 @@ def motion_lora_identity() -> dict:
     return {"motion_lora": digest, "motion_weight": weight}
 
 
-def concept_for(seed: int, work: Path, spl_weight: float | None = None) -> Path:
-    """The concept trained at the shipped settings with `seed` (trained once per work folder), or
-    with another SPL weight."""
-    folder = work / (f"s{seed}" if spl_weight is None else f"s{seed}-spl{spl_weight:g}")
+def concept_for(seed: int, work: Path, overrides: dict | None = None) -> Path:
+    """The concept trained at the shipped settings with `seed` (trained once per work folder), or with
+    `overrides` (TrainConfig fields) in place of the preset's."""
+    overrides = overrides or {}
+    tag = "".join(f"-{k}{json.dumps(v, separators=(',', ':'))}" for k, v in sorted(overrides.items()))
+    folder = work / (f"s{seed}-{hashlib.sha256(tag.encode()).hexdigest()[:8]}" if tag else f"s{seed}")
     if (folder / "cdvideo.json").exists():
         return folder
     photos = work / "photos"
@@ -165,16 +167,26 @@ def concept_for(seed: int, work: Path, spl_weight: float | None = None) -> Path:
         write_subject_photos(photos, seed=0)
     return cdvideo.train(
         cdvideo.TrainConfig(
-            images=[str(photos)],
-            class_word="circle",
-            base="shapes",
-            output=str(folder),
-            seed=seed,
-            spl_weight=spl_weight,
-        ),  # fmt: skip
+            images=[str(photos)], class_word="circle", base="shapes", output=str(folder), seed=seed, **overrides
+        ),
         say=lambda s: None,
         progress=False,
     )
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """`KEY=VALUE` pairs (VALUE read as JSON where it parses) checked against TrainConfig's fields."""
+    fields = set(cdvideo.TrainConfig.__dataclass_fields__)
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in fields:
+            sys.exit(f"--set {pair}: expected KEY=VALUE with KEY a TrainConfig field, e.g. --set prior_target=base")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def verdicts(base: dict, runs: list[dict]) -> list[tuple[str, float, str, bool]]:
@@ -199,12 +211,16 @@ def verdicts(base: dict, runs: list[dict]) -> list[tuple[str, float, str, bool]]
     return rows
 
 
-def report(out: Path, base: dict, runs: list[dict], command: str, samples: int, n_clips: int) -> str:
+def report(
+    out: Path, base: dict, runs: list[dict], command: str, samples: int, n_clips: int, overrides: dict | None = None
+) -> str:
     rows = verdicts(base, runs)
     lines = [
         f"Command: `{command}`",
         "",
-        f"{len(runs)} training seeds at the shipped Shapes settings; {samples} samples per prompt and seed, "
+        f"{len(runs)} training seeds at the shipped Shapes settings"
+        + (f" with {json.dumps(overrides)} in place of the preset's" if overrides else "")
+        + f"; {samples} samples per prompt and seed, "
         f"{n_clips} clips per seed; the world's exact scorer. Values are means over seeds.",
         "",
         "| bar | measured | needs | met |",
@@ -249,6 +265,13 @@ def main() -> None:
     parser.add_argument("--base-only", action="store_true", help="measure the base model only (for parallel runs)")
     parser.add_argument("--no-report", action="store_true", help="measure only (for parallel runs)")
     parser.add_argument("--spl-weight", type=float, help="train with this SPL weight instead of the preset's")
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="train with these TrainConfig fields instead of the preset's (recorded in the settings)",
+    )
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -258,8 +281,8 @@ def main() -> None:
                "prior_weight", "lora_lr", "token_lr")  # fmt: skip
     settings = {"samples": args.samples, "sampler": preset.sampler, "steps": preset.steps,
                 "train": {k: getattr(preset, k) for k in trained}}  # fmt: skip
-    if args.spl_weight is not None:
-        settings["train"]["spl_weight"] = args.spl_weight
+    overrides = parse_overrides(args.set) | ({"spl_weight": args.spl_weight} if args.spl_weight is not None else {})
+    settings["train"] |= overrides
     base_settings = {k: v for k, v in settings.items() if k != "train"}
     video_settings = {"clips": args.clips, "sampler": preset.sampler, "steps": preset.steps, **motion_lora_identity()}
 
@@ -282,10 +305,10 @@ def main() -> None:
     runs = []
     for seed in args.seeds:
         start = time.time()
-        runs.append({"seed": seed, **rates(f"seed-{seed}", lambda seed=seed: concept_for(seed, work, args.spl_weight))})
+        runs.append({"seed": seed, **rates(f"seed-{seed}", lambda seed=seed: concept_for(seed, work, overrides))})
         print(f"seed {seed} ({time.time() - start:.0f} s): {json.dumps(runs[-1])}", flush=True)
     if not args.no_report:
-        print(report(out, base, runs, "python " + shlex.join(sys.argv), args.samples, args.clips))
+        print(report(out, base, runs, "python " + shlex.join(sys.argv), args.samples, args.clips, overrides))
 
 
 if __name__ == "__main__":

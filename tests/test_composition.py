@@ -4,6 +4,7 @@ scene composites."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -283,3 +284,16 @@ def test_an_unknown_prior_target_is_one_clear_line(tiny_base, dog_photos, tmp_pa
         cli_main(cli_train_args(tiny_base, dog_photos, tmp_path / "out", "--prior-weight", "1", "--prior-target", "x"))
     assert stop.value.code != 0
     assert "--prior-target" in capsys.readouterr().err
+
+
+def test_composition_bars_train_with_named_fields_and_refuse_unknown_ones() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import composition_bars
+
+    assert composition_bars.parse_overrides(["prior_target=base", 'lora_targets=["attn2.to_k"]', "steps=300"]) == {
+        "prior_target": "base",
+        "lora_targets": ["attn2.to_k"],
+        "steps": 300,
+    }
+    with pytest.raises(SystemExit, match="TrainConfig field"):
+        composition_bars.parse_overrides(["prior_tagret=base"])
