@@ -402,7 +402,12 @@ def _batch_loss(cfg, batch, unet, text_encoder, noise_scheduler, generator, scal
             class_mean[picks_c].shape, generator=generator, device=device
         )
         latents = torch.cat([latents, prior * scaling_factor])
-        hidden = torch.cat([hidden, batch["class_hidden"][batch["class_caption"][picks_c]]])
+        captions = batch["class_caption"][picks_c]
+        if cfg.prior_target == "base":
+            # The base model teaches, so any prior caption is true of any prior latent: drawing them
+            # apart holds many more (caption, image) pairs to the base model than the images have.
+            captions = torch.randint(len(batch["class_hidden"]), (cfg.batch_size,), generator=generator, device=device)
+        hidden = torch.cat([hidden, batch["class_hidden"][captions]])
     noise = torch.randn(latents.shape, generator=generator, device=device)
     timesteps = torch.randint(
         0, noise_scheduler.config.num_train_timesteps, (len(latents),), generator=generator, device=device
