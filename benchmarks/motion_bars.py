@@ -64,13 +64,13 @@ def rates(scores: list, direction: str) -> dict:
     }
 
 
-def measure(n: int, concept: Path | None, without: bool, only: list[str] | None, say=print) -> dict:
+def measure(n: int, concept: Path | None, without: bool, only: list[str] | None, plain: bool = True, say=print) -> dict:
     loras = directions.family_loras("shapes")
     wanted = [d for d in ("left", "right", "up", "down") if d in loras and (not only or d in only)]
     if not wanted:
         sys.exit("no shipped Shapes motion LoRA to measure; scripts/train_motion_lora.py trains one")
     results: dict = {}
-    for subject in [None, concept] if concept else [None]:
+    for subject in ([None] if plain or not concept else []) + ([concept] if concept else []):
         pipe = video_pipeline(subject)
         sources = [loras[d][0] for d in wanted]
         adapters = motion.load_motion_loras(pipe, [], sources, concept_scale=1.0 if subject else None)
@@ -135,11 +135,12 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=32, help="clips per direction and prompt kind")
     parser.add_argument("--concept", type=Path, help="a Shapes concept folder for the with-concept rows")
     parser.add_argument("--directions", nargs="+", choices=("left", "right", "up", "down"))
+    parser.add_argument("--no-plain", action="store_true", help="with --concept: only the with-concept rows")
     parser.add_argument("--without", action="store_true", help="also render every cell with no motion LoRA")
     parser.add_argument("--out", type=Path, help="folder for motion_bars.json and motion_bars.md")
     args = parser.parse_args()
     command = "python benchmarks/motion_bars.py " + shlex.join(sys.argv[1:])
-    results = measure(args.clips, args.concept, args.without, args.directions)
+    results = measure(args.clips, args.concept, args.without, args.directions, plain=not args.no_plain)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         previous = args.out / "motion_bars.json"

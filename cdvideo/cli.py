@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cdvideo.atomic import destination_full
 from cdvideo.errors import UserError
-from cdvideo.presets import SAMPLERS
+from cdvideo.presets import RECIPES, SAMPLERS
 
 
 def _train_parser(sub) -> None:
@@ -47,9 +47,11 @@ def _train_parser(sub) -> None:
     )
     p.add_argument(
         "--recipe",
-        choices=["classdiffusion"],
+        choices=sorted(RECIPES),
         help="classdiffusion: the official code's recipe (full cross-attention K/V, token from 'ktn', lr 1e-5 x "
-        "batch x processes, batch 2, 500 steps, SPL 1 at the token, no prior); options given still win",
+        "batch x processes, batch 2, 500 steps, SPL 1 at the token, no prior); composites (Shapes): scene "
+        "composites with the base model as the prior's teacher, 300 steps: composes, costs plain prompts; "
+        "options given still win",
     )
     p.add_argument("--finetune", choices=["lora", "full"], help="train a LoRA (default) or the targets' own weights")
     p.add_argument("--max-grad-norm", type=float, help="clip the gradient norm (default: no clipping)")

@@ -223,7 +223,21 @@ CLASSDIFFUSION = Recipe(
     },
     lr_per_sample=1e-5,
 )
-RECIPES = {recipe.name: recipe for recipe in (CLASSDIFFUSION,)}
+# Scene composites taught with the base model as the prior's teacher (docs/composition/): the subject
+# composes with headphones and backgrounds and keeps its stripes, and plain prompts pay for it. The LoRA
+# leaves out conv1/conv2 (text-independent: they shift every prompt's colours). Needs a family with a
+# subject locator (Shapes); elsewhere --composites says so.
+COMPOSITES = Recipe(
+    name="composites",
+    settings={
+        "composites": 0.5,
+        "steps": 300,
+        "prior_target": "base",
+        "prior_weight": 3.0,
+        "lora_targets": ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out"],
+    },
+)
+RECIPES = {recipe.name: recipe for recipe in (CLASSDIFFUSION, COMPOSITES)}
 
 
 def apply_recipe(values: dict, processes: int) -> dict:
