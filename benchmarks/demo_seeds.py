@@ -23,10 +23,11 @@ from cdvideo.atomic import write_text_atomic
 ROW = re.compile(r"^  (subject pattern \(frames\)|class|accessory|motion correct|motion)\s{2,}(\S.*?)\s{2,}(\S.*)$")
 
 
-def run_demo(seed: int, folder: Path) -> tuple[float, dict]:
+def run_demo(seed: int, folder: Path, recipe: str | None = None) -> tuple[float, dict]:
     start = time.time()
     result = subprocess.run(
-        [sys.executable, "-m", "cdvideo.cli", "demo", "--seed", str(seed), "--output", str(folder)],
+        [sys.executable, "-m", "cdvideo.cli", "demo", "--seed", str(seed), "--output", str(folder),
+         *(["--recipe", recipe] if recipe else [])],
         capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )  # fmt: skip
     wall = time.time() - start
@@ -51,12 +52,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     parser.add_argument("--work", type=Path, default=Path("runs/demo-seeds"))
     parser.add_argument("--out", type=Path, help="markdown table to write")
+    parser.add_argument("--recipe", help="the demo's --recipe")
     args = parser.parse_args()
     lines = ["| seed | wall | stripes (frames) | accessory | motion | subject + headphones | motion right |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     composed = moved = 0
     for seed in args.seeds:
-        wall, card = run_demo(seed, args.work / f"seed-{seed}")
+        wall, card = run_demo(seed, args.work / f"seed-{seed}", args.recipe)
         subject_ok, motion_ok = verdict(card)
         composed, moved = composed + subject_ok, moved + motion_ok
         lines.append(f"| {seed} | {wall // 60:.0f}:{wall % 60:02.0f} | {card['subject pattern (frames)'][0]} "

@@ -219,6 +219,7 @@ def _demo_parser(sub) -> None:
     p = sub.add_parser("demo", help="offline end-to-end demo on the embedded Shapes model")
     p.add_argument("--output", default="cdvideo-demo")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--recipe", choices=sorted(RECIPES), help="train the demo's concept with this recipe (see train)")
 
 
 def _ui_parser(sub) -> None:
@@ -304,7 +305,7 @@ def _run(args: argparse.Namespace) -> None:
 
         evaluate(EvalConfig(**values))
     elif args.command == "demo":
-        cdvideo.demo(output=args.output, seed=args.seed)
+        cdvideo.demo(output=args.output, seed=args.seed, recipe=args.recipe)
     elif args.command == "ui":
         from cdvideo.ui import launch
 

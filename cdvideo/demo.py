@@ -48,13 +48,22 @@ def scorecard(frames: np.ndarray, expected_motion: str = "moving right") -> dict
     }
 
 
-def demo(output: str = "cdvideo-demo", seed: int = 0, say: Callable[[str], None] = print) -> dict:
+def demo(
+    output: str = "cdvideo-demo", seed: int = 0, recipe: str | None = None, say: Callable[[str], None] = print
+) -> dict:
     out = ensure_writable_dir(Path(output))
     photos = out / "photos"
     write_subject_photos(photos, seed=seed)
     say(f"wrote 5 subject photos to {photos}")
     concept_dir = train(
-        TrainConfig(images=[str(photos)], class_word="circle", base="shapes", output=str(out / "concept"), seed=seed),
+        TrainConfig(
+            images=[str(photos)],
+            class_word="circle",
+            base="shapes",
+            output=str(out / "concept"),
+            seed=seed,
+            recipe=recipe,
+        ),  # fmt: skip
         say=say,
     )
     with_concept = animate(
