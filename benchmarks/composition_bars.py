@@ -150,8 +150,12 @@ def motion_lora_identity() -> dict:
     source, weight = directions.family_loras("shapes").get(said[0] if said else "", (None, None))
     if source is None:
         return {}
-    digest = hashlib.sha256((Path(source) / directions.SHAPES_LORA_FILE).read_bytes()).hexdigest()[:16]
-    return {"motion_lora": digest, "motion_weight": weight}
+    return {"motion_lora": lora_digest(source), "motion_weight": weight}
+
+
+def lora_digest(source: str) -> str:
+    """A shipped Shapes motion LoRA's identity: the first 16 hex digits of its weights' sha256."""
+    return hashlib.sha256((Path(source) / directions.SHAPES_LORA_FILE).read_bytes()).hexdigest()[:16]
 
 
 def concept_for(seed: int, work: Path, overrides: dict | None = None) -> Path:

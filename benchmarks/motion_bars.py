@@ -16,7 +16,6 @@ the LoRA the words ask for, at its recorded weight), and scores them with the wo
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shlex
 import sys
@@ -87,16 +86,12 @@ def measure(n: int, concept: Path | None, without: bool, only: list[str] | None,
                 started = time.time()
                 scored = composition_bars.render_clips(pipe, prompts, classes, 1000 + 100 * i)
                 cell = rates(scored, direction) | {"seconds": round(time.time() - started, 1)}
-                cell |= {"lora_sha": lora_digest(source), "weight": weight} if use else {}
+                cell |= {"lora_sha": composition_bars.lora_digest(source), "weight": weight} if use else {}
                 results.setdefault(key, {}).setdefault(direction, {})["lora" if use else "no lora"] = cell
                 label = "lora" if use else "no lora"
                 say(f"{key:8s} {direction:5s} {label:8s} asked {cell['asked']:.2f}  class kept "
                     f"{cell['class_kept']:.2f}  moving {cell['moving']:.2f}  ({cell['seconds']} s)")  # fmt: skip
     return results
-
-
-def lora_digest(source: str) -> str:
-    return hashlib.sha256((Path(source) / directions.SHAPES_LORA_FILE).read_bytes()).hexdigest()[:16]
 
 
 def merged(old: dict, new: dict) -> dict:
@@ -105,7 +100,7 @@ def merged(old: dict, new: dict) -> dict:
     out = {key: dict(per) for key, per in new.items()}
     for key, per_direction in old.items():
         for direction, cells in per_direction.items():
-            current = lora_digest(loras[direction][0]) if direction in loras else None
+            current = composition_bars.lora_digest(loras[direction][0]) if direction in loras else None
             if direction not in out.get(key, {}) and cells.get("lora", {}).get("lora_sha") == current:
                 out.setdefault(key, {})[direction] = cells
     return {key: dict(sorted(per.items())) for key, per in out.items()}

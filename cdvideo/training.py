@@ -418,12 +418,12 @@ def _batch_loss(cfg, batch, unet, text_encoder, noise_scheduler, generator, scal
     errors = F.mse_loss(prediction.float(), target.float(), reduction="none")
     # Items the base model (LoRA off) teaches: the subject's surroundings, and with --prior-target base
     # the prior items; one no-grad pass serves both.
-    around = (mask < 1).flatten(1).any(1).nonzero().flatten() if mask is not None and cfg.context_weight else None
-    around = around if around is not None and len(around) else None
-    prior_rows = torch.arange(cfg.batch_size, len(latents), device=device)
-    taught = [] if around is None else [(around, batch["teacher_hidden"][rows[around]])]
+    around = torch.zeros(0, dtype=torch.long, device=device)
+    if mask is not None and cfg.context_weight:
+        around = (mask < 1).flatten(1).any(1).nonzero().flatten()
+    taught = [(around, batch["teacher_hidden"][rows[around]])] if len(around) else []
     if batch["class"] is not None and cfg.prior_target == "base":
-        taught.append((prior_rows, hidden[cfg.batch_size :]))
+        taught.append((torch.arange(cfg.batch_size, len(latents), device=device), hidden[cfg.batch_size :]))
     teacher = _base_predictions(unet, noisy, timesteps, taught)
     context = torch.zeros((), device=device)
     if mask is not None:
@@ -431,14 +431,14 @@ def _batch_loss(cfg, batch, unet, text_encoder, noise_scheduler, generator, scal
         # model draws for the class prompt with the same words, so "on grass" or "wearing a hat"
         # keep their meaning next to the token. (Composites are true whole: no context.)
         mse = _masked_mean(errors[: cfg.batch_size], mask).mean()
-        if around is not None:
+        if len(around):
             gap = (prediction[around].float() - teacher[: len(around)]) ** 2
             context = _masked_mean(gap, 1 - mask[around]).sum() / cfg.batch_size
     else:
         mse = errors[: cfg.batch_size].mean()
     prior_loss = torch.zeros((), device=device)
     if batch["class"] is not None and cfg.prior_target == "base":
-        prior_loss = F.mse_loss(prediction[cfg.batch_size :].float(), teacher[len(teacher) - len(prior_rows) :])
+        prior_loss = F.mse_loss(prediction[cfg.batch_size :].float(), teacher[len(around) :])
     elif batch["class"] is not None:
         prior_loss = errors[cfg.batch_size :].mean()
     spl = semantic_preservation_loss(concept_spl, batch["class_spl"])

@@ -304,7 +304,7 @@ def test_motion_bars_keep_a_cell_only_while_its_lora_is_the_shipped_one() -> Non
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import motion_bars
 
-    shipped = motion_bars.lora_digest(directions.family_loras("shapes")["up"][0])
+    shipped = motion_bars.composition_bars.lora_digest(directions.family_loras("shapes")["up"][0])
     old = {"plain": {"up": {"lora": {"asked": 0.9, "lora_sha": shipped}},
                      "left": {"lora": {"asked": 0.6, "lora_sha": "an older left"}}}}  # fmt: skip
     new = {"plain": {"right": {"lora": {"asked": 0.8, "lora_sha": "x"}}}}
