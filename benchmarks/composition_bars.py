@@ -31,9 +31,10 @@ import torch
 
 import cdvideo
 from cdvideo import concept as concepts
-from cdvideo import directions, loading, motion, presets
+from cdvideo import directions, loading, motion, presets, strength
 from cdvideo.atomic import write_json_atomic, write_text_atomic
 from cdvideo.demo import write_subject_photos
+from cdvideo.errors import UserError
 from cdvideo.shapes import scorer, world
 
 HEADPHONES = "wearing headphones"
@@ -47,9 +48,12 @@ def composition_prompts() -> list[str]:
     return [p for p in world.scene_phrases() if p != HEADPHONES]
 
 
-def pipelines(folder: Path | None, sampler: str | None = None, image: bool = True, video: bool = True):
+def pipelines(
+    folder: Path | None, sampler: str | None = None, image: bool = True, video: bool = True, fuse: bool = True
+):
     """Image and video pipelines as `cdvideo animate` builds them (the family's sampler unless named),
-    with the concept in `folder` loaded once per text encoder; None for one not asked for."""
+    with the concept in `folder` loaded once per text encoder (`fuse=False`: as a live adapter, for a
+    concept schedule); None for one not asked for."""
     pipes = [
         loading.load_image_pipeline("shapes") if image else None,
         loading.video_pipeline(loading.load_image_pipeline("shapes"), loading.load_motion_adapter("shapes"))
@@ -62,7 +66,7 @@ def pipelines(folder: Path | None, sampler: str | None = None, image: bool = Tru
         pipe.scheduler = presets.make_scheduler("shapes", sampler, pipe.scheduler.config, video=is_video)
         pipe.set_progress_bar_config(disable=True)
         if folder is not None:
-            concepts.apply_concept(pipe, folder, concepts.load_concept(folder))
+            concepts.apply_concept(pipe, folder, concepts.load_concept(folder), fuse=fuse)
     return tuple(pipes)
 
 
@@ -88,28 +92,35 @@ def images(pipe, prompt: str, n: int, seed: int) -> list:
     return scorer.sample_and_score(pipe, prompt, n, steps=preset.steps, guidance=preset.guidance, seed=seed)
 
 
-def with_asked_motion(pipe, prompt: str) -> None:
-    """The motion LoRA `cdvideo animate` applies for the prompt's words, when the family ships one."""
+def with_asked_motion(pipe, prompt: str, concept_scale: float | None = None) -> None:
+    """The motion LoRA `cdvideo animate` applies for the prompt's words, when the family ships one
+    (`concept_scale`: the unfused concept's weight, kept on beside it)."""
     said = directions.motion_in_prompt(prompt)
     loras = directions.family_loras("shapes")
     if said and said[0] in loras:
         source, weight = loras[said[0]]
-        motion.load_motion_loras(pipe, [], [source]).activate(pipe, source, weight)
+        motion.load_motion_loras(pipe, [], [source], concept_scale).activate(pipe, source, weight)
 
 
-def render_clips(pipe, prompts: list[str], classes: list[str], seed: int, batch: int = 8) -> list:
-    """Score clips of `prompts` at the family's shipped sampler settings, `batch` at a time."""
+def render_clips(
+    pipe, prompts: list[str], classes: list[str], seed: int, batch: int = 8, schedule: strength.Schedule | None = None
+) -> list:
+    """Score clips of `prompts` at the family's shipped sampler settings, `batch` at a time, with the
+    (unfused) concept's weight following `schedule` when given."""
     preset, out = presets.SHAPES, []
     for start in range(0, len(prompts), batch):
+        callback = strength.scheduled(pipe, concepts.ADAPTER_NAME, schedule, preset.steps, 1.0) if schedule else None
         frames = pipe(prompts[start : start + batch], num_frames=preset.frames, num_inference_steps=preset.steps,
                       guidance_scale=preset.guidance, generator=torch.Generator().manual_seed(seed + start),
-                      output_type="pt", height=64, width=64).frames  # fmt: skip
+                      output_type="pt", height=64, width=64, callback_on_step_end=callback).frames  # fmt: skip
+        if schedule:
+            strength.set_adapter_scale(pipe.unet, concepts.ADAPTER_NAME, 1.0)
         out += scorer.score_clips(frames.float(), expected_cls=classes[start : start + batch])
     return out
 
 
-def clips(pipe, prompt: str, n: int, seed: int) -> list:
-    return render_clips(pipe, [prompt] * n, ["circle"] * n, seed)
+def clips(pipe, prompt: str, n: int, seed: int, schedule: strength.Schedule | None = None) -> list:
+    return render_clips(pipe, [prompt] * n, ["circle"] * n, seed, schedule=schedule)
 
 
 def measure(folder: Path | None, samples: int) -> dict:
@@ -129,13 +140,15 @@ def measure(folder: Path | None, samples: int) -> dict:
     return rates
 
 
-def measure_video(folder: Path | None, n_clips: int) -> dict:
-    """Clip rates for VIDEO_PROMPT, rendered with the motion LoRA its words ask for (as `animate` does)."""
-    _, video = pipelines(folder, image=False)
+def measure_video(folder: Path | None, n_clips: int, schedule: strength.Schedule | None = None) -> dict:
+    """Clip rates for VIDEO_PROMPT, rendered with the motion LoRA its words ask for (as `animate` does),
+    and the concept's weight following `schedule` (`animate --concept-schedule`) when given."""
+    schedule = schedule if folder else None
+    _, video = pipelines(folder, image=False, fuse=schedule is None)
     subject = f"{concepts.load_concept(folder).token} circle" if folder else "circle"
     prompt = VIDEO_PROMPT.format(f"a {subject}")
-    with_asked_motion(video, prompt)
-    scored = clips(video, prompt, n_clips, 400)
+    with_asked_motion(video, prompt, 1.0 if schedule else None)
+    scored = clips(video, prompt, n_clips, 400, schedule)
     frames = [f for c in scored for f in c.frames]
     return {
         "video_frames": float(np.mean([(f.pattern or folder is None) and f.accessory == HEADPHONES for f in frames])),
@@ -216,7 +229,14 @@ def verdicts(base: dict, runs: list[dict]) -> list[tuple[str, float, str, bool]]
 
 
 def report(
-    out: Path, base: dict, runs: list[dict], command: str, samples: int, n_clips: int, overrides: dict | None = None
+    out: Path,
+    base: dict,
+    runs: list[dict],
+    command: str,
+    samples: int,
+    n_clips: int,
+    overrides: dict | None = None,
+    name: str = "bars.md",
 ) -> str:
     rows = verdicts(base, runs)
     lines = [
@@ -244,7 +264,7 @@ def report(
         ),
     ]
     text = "\n".join(lines) + "\n"
-    write_text_atomic(out / "bars.md", text)
+    write_text_atomic(out / name, text)
     return text
 
 
@@ -270,6 +290,11 @@ def main() -> None:
     parser.add_argument("--no-report", action="store_true", help="measure only (for parallel runs)")
     parser.add_argument("--spl-weight", type=float, help="train with this SPL weight instead of the preset's")
     parser.add_argument(
+        "--concept-schedule",
+        metavar="SCALE:SHARE",
+        help="render the clips as `animate --concept-schedule` does (its video files and report are kept apart)",
+    )
+    parser.add_argument(
         "--set",
         nargs="+",
         default=[],
@@ -289,6 +314,11 @@ def main() -> None:
     settings["train"] |= overrides
     base_settings = {k: v for k, v in settings.items() if k != "train"}
     video_settings = {"clips": args.clips, "sampler": preset.sampler, "steps": preset.steps, **motion_lora_identity()}
+    try:
+        schedule = strength.parse_schedule(args.concept_schedule)
+    except UserError as err:
+        sys.exit(str(err))
+    scheduled = f"-schedule-{args.concept_schedule.replace(':', '-')}" if schedule else ""
 
     def rates(name: str, folder) -> dict:
         """Image rates, and clip rates when asked, each cached in its own file under `out`."""
@@ -296,8 +326,10 @@ def main() -> None:
                        lambda: measure(folder() if folder else None, args.samples))  # fmt: skip
         if args.clips:
             video = {**video_settings, **({"train": settings["train"]} if folder else {})}
-            found = found | cached(out / f"{name}-video.json", video,
-                                   lambda: measure_video(folder() if folder else None, args.clips))  # fmt: skip
+            file = f"{name}-video{scheduled if folder else ''}.json"
+            video |= {"concept_schedule": args.concept_schedule} if folder and schedule else {}
+            trained = folder or (lambda: None)
+            found = found | cached(out / file, video, lambda: measure_video(trained(), args.clips, schedule))
         return found
 
     if not args.no_report or args.base_only:
@@ -312,7 +344,8 @@ def main() -> None:
         runs.append({"seed": seed, **rates(f"seed-{seed}", lambda seed=seed: concept_for(seed, work, overrides))})
         print(f"seed {seed} ({time.time() - start:.0f} s): {json.dumps(runs[-1])}", flush=True)
     if not args.no_report:
-        print(report(out, base, runs, "python " + shlex.join(sys.argv), args.samples, args.clips, overrides))
+        command = "python " + shlex.join(sys.argv)
+        print(report(out, base, runs, command, args.samples, args.clips, overrides, f"bars{scheduled}.md"))
 
 
 if __name__ == "__main__":

@@ -156,6 +156,12 @@ def _animate_parser(sub) -> None:
     p.add_argument("--seed", type=int, nargs="+", dest="seeds", help="one or more seeds")
     p.add_argument("--fps", type=int)
     p.add_argument("--lora-scale", type=float)
+    p.add_argument(
+        "--concept-schedule",
+        metavar="SCALE:SHARE",
+        help="the concept's LoRA at weight SCALE for the first SHARE of the steps, then at --lora-scale "
+        "(e.g. 0.4:0.5: layout and motion come from the base model, appearance from the concept)",
+    )
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--output")
     p.add_argument("--device")

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from cdvideo import concept as concepts
-from cdvideo import controls, directions, loading, motion, presets, scaleout, sheets, videofiles
+from cdvideo import controls, directions, loading, motion, presets, scaleout, sheets, strength, videofiles
 from cdvideo.atomic import ensure_writable_dir, write_json_atomic, write_yaml_atomic
 from cdvideo.errors import UserError
 from cdvideo.prompts import bind_prompt, token_count_warning
@@ -36,6 +36,7 @@ class AnimateConfig:
     fps: int | None = None
     output: str = "cdvideo-out"
     lora_scale: float = 1.0
+    concept_schedule: str | None = None  # "SCALE:SHARE": the concept weaker in the early steps (strength.py)
     decode_chunk_size: int = 16
     precision: str | None = None
     device: str | None = None
@@ -117,6 +118,7 @@ def validate(cfg: AnimateConfig) -> None:
         raise UserError("--steps, --frames and --fps must be positive")
     for spec in cfg.motion_loras:
         motion.parse_motion_lora(spec)
+    strength.parse_schedule(cfg.concept_schedule)
     if cfg.decode_chunk_size <= 0:
         raise UserError(f"--decode-chunk-size must be positive (got {cfg.decode_chunk_size})")
 
@@ -133,20 +135,30 @@ def build_pipeline(cfg: AnimateConfig, dtype: torch.dtype):
     return pipe
 
 
-def render_clip(pipe, cfg: AnimateConfig, prompt: str, seed: int):
-    """One clip of `prompt` at `cfg`'s settings: (frames, H, W, 3) floats in [0, 1]."""
-    return pipe(
-        prompt,
-        negative_prompt=cfg.negative_prompt or None,
-        num_frames=cfg.frames,
-        height=cfg.height,
-        width=cfg.width,
-        num_inference_steps=cfg.steps,
-        guidance_scale=cfg.guidance,
-        generator=torch.Generator("cpu").manual_seed(seed),
-        output_type="np",
-        decode_chunk_size=cfg.decode_chunk_size,
-    ).frames[0]
+def render_clip(pipe, cfg: AnimateConfig, prompt: str, seed: int, schedule: strength.Schedule | None = None):
+    """One clip of `prompt` at `cfg`'s settings: (frames, H, W, 3) floats in [0, 1].
+
+    `schedule`: the concept's (unfused) LoRA weight over the steps; it ends at `cfg.lora_scale`."""
+    callback = None
+    if schedule:
+        callback = strength.scheduled(pipe, concepts.ADAPTER_NAME, schedule, cfg.steps, cfg.lora_scale)
+    try:
+        return pipe(
+            prompt,
+            negative_prompt=cfg.negative_prompt or None,
+            num_frames=cfg.frames,
+            height=cfg.height,
+            width=cfg.width,
+            num_inference_steps=cfg.steps,
+            guidance_scale=cfg.guidance,
+            generator=torch.Generator("cpu").manual_seed(seed),
+            output_type="np",
+            decode_chunk_size=cfg.decode_chunk_size,
+            callback_on_step_end=callback,
+        ).frames[0]
+    finally:
+        if schedule:
+            strength.set_adapter_scale(pipe.unet, concepts.ADAPTER_NAME, cfg.lora_scale)
 
 
 def animate(
@@ -174,11 +186,16 @@ def animate(
     named = [choice.lora for choice in asked if choice and choice.lora]
     if named and family == "sd15" and cfg.motion_adapter != presets.SD15_MOTION_ADAPTER:
         say(f"warning: guoyww's motion LoRAs were trained for {presets.SD15_MOTION_ADAPTER}, not {cfg.motion_adapter}")
+    schedule = strength.parse_schedule(cfg.concept_schedule) if concept else None
+    if cfg.concept_schedule and not concept:
+        say("note: --concept-schedule has no effect without a concept")
     pipe = build_pipeline(cfg, dtype)
     pipe.set_progress_bar_config(disable=not progress, leave=False)
     if concept:
-        # Fused weights are fastest, but stacking motion LoRAs needs the concept as a live adapter.
-        concepts.apply_concept(pipe, folder, concept, scale=cfg.lora_scale, fuse=not (cfg.motion_loras or named))
+        # Fused weights are fastest, but stacking motion LoRAs or scheduling the concept's weight
+        # needs the concept as a live adapter.
+        fuse = not (cfg.motion_loras or named or schedule)
+        concepts.apply_concept(pipe, folder, concept, scale=cfg.lora_scale, fuse=fuse)
         say(f"concept {concept.token} ({concept.class_word}) from {folder}")
     adapters = None
     if cfg.motion_loras or named:
@@ -211,7 +228,7 @@ def animate(
             if not share.mine(next(jobs)):
                 continue
             start = time.time()
-            frames = render_clip(pipe, cfg, rendered, seed)
+            frames = render_clip(pipe, cfg, rendered, seed, schedule)
             stem = videofiles.video_stem(prompt, seed)
             files = videofiles.write_video(frames, out, stem, fps=cfg.fps)
             settings = {

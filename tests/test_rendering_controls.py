@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -213,3 +214,47 @@ def test_shapes_adapter_renders_past_its_32_frames(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "40 frames is more than the motion adapter's 32" in out
     assert video_info(tmp_path / "a-red-circle-0.mp4")["frames"] == 40
+
+
+def concept_weight_per_step(monkeypatch) -> list[float]:
+    """The concept LoRA's weight at each UNet call of the render, read off its first LoRA layer."""
+    from peft.tuners.lora import LoraLayer
+
+    weights: list[float] = []
+
+    def probe(pipe):
+        layer = next(m for m in pipe.unet.modules() if isinstance(m, LoraLayer) and "concept" in m.scaling)
+        full = layer.lora_alpha["concept"] / layer.r["concept"]
+        pipe.unet.register_forward_pre_hook(lambda *_: weights.append(round(layer.scaling["concept"] / full, 4)))
+
+    watch(monkeypatch, probe)
+    return weights
+
+
+def test_concept_schedule_runs_the_concept_weak_in_the_early_steps(
+    concept, tiny_base, tiny_adapter, tmp_path, monkeypatch
+):
+    weights = concept_weight_per_step(monkeypatch)
+    out = tmp_path / "scheduled"
+    scheduled, _ = render(tiny_base, tiny_adapter, out, use_concept=True, concept=str(concept), steps=4,
+                          concept_schedule="0.25:0.5", lora_scale=0.8)  # fmt: skip
+    assert weights == [0.25, 0.25, 0.8, 0.8]  # one UNet call per step: guidance runs as one batch
+    settings = json.loads(next(out.glob("*.json")).read_text())
+    assert settings["concept_schedule"] == "0.25:0.5" and settings["lora_scale"] == 0.8
+
+    weights.clear()
+    off, _ = render(tiny_base, tiny_adapter, tmp_path / "off", use_concept=True, concept=str(concept), steps=4,
+                    concept_schedule="0:1")  # fmt: skip
+    assert weights == [0.0] * 4
+    no_lora, _ = render(tiny_base, tiny_adapter, tmp_path / "zero", use_concept=True, concept=str(concept), steps=4,
+                        lora_scale=0.0)  # fmt: skip
+    full, _ = render(tiny_base, tiny_adapter, tmp_path / "full", use_concept=True, concept=str(concept), steps=4)
+    assert np.abs(off - no_lora).max() < EXACT  # weight 0 throughout is the concept's token without its LoRA
+    assert np.abs(scheduled - full).max() > EXACT
+
+
+@pytest.mark.parametrize("schedule", ["0.4", "half:0.5", "0.4:1.5"])
+def test_bad_concept_schedule_is_one_clear_line(schedule, tiny_base, tiny_adapter, tmp_path, capsys):
+    code = cli_main(cli_animate_args(tiny_base, tiny_adapter, tmp_path, "--concept-schedule", schedule))
+    err = capsys.readouterr().err
+    assert code == 2 and "--concept-schedule" in err and "SCALE:SHARE" in err and "Traceback" not in err
