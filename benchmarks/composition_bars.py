@@ -48,12 +48,12 @@ def composition_prompts() -> list[str]:
     return [p for p in world.scene_phrases() if p != HEADPHONES]
 
 
-def pipelines(
-    folder: Path | None, sampler: str | None = None, image: bool = True, video: bool = True, fuse: bool = True
-):
+def pipelines(folder: Path | None, sampler: str | None = None, image: bool = True, video: bool = True):
     """Image and video pipelines as `cdvideo animate` builds them (the family's sampler unless named),
-    with the concept in `folder` loaded once per text encoder (`fuse=False`: as a live adapter, for a
-    concept schedule); None for one not asked for."""
+    with the concept in `folder` loaded once per text encoder; None for one not asked for.
+
+    The video pipeline keeps the concept as a live adapter, as `animate` does beside motion LoRAs:
+    activating a motion LoRA (peft's set_adapter) unmerges a fused concept and leaves it off."""
     pipes = [
         loading.load_image_pipeline("shapes") if image else None,
         loading.video_pipeline(loading.load_image_pipeline("shapes"), loading.load_motion_adapter("shapes"))
@@ -66,7 +66,7 @@ def pipelines(
         pipe.scheduler = presets.make_scheduler("shapes", sampler, pipe.scheduler.config, video=is_video)
         pipe.set_progress_bar_config(disable=True)
         if folder is not None:
-            concepts.apply_concept(pipe, folder, concepts.load_concept(folder), fuse=fuse)
+            concepts.apply_concept(pipe, folder, concepts.load_concept(folder), fuse=not is_video)
     return tuple(pipes)
 
 
@@ -92,14 +92,15 @@ def images(pipe, prompt: str, n: int, seed: int) -> list:
     return scorer.sample_and_score(pipe, prompt, n, steps=preset.steps, guidance=preset.guidance, seed=seed)
 
 
-def with_asked_motion(pipe, prompt: str, concept_scale: float | None = None) -> None:
-    """The motion LoRA `cdvideo animate` applies for the prompt's words, when the family ships one
-    (`concept_scale`: the unfused concept's weight, kept on beside it)."""
+def with_asked_motion(pipe, prompt: str) -> None:
+    """The motion LoRA `cdvideo animate` applies for the prompt's words, when the family ships one,
+    with the pipeline's concept (a live adapter) kept on at weight 1 beside it."""
     said = directions.motion_in_prompt(prompt)
     loras = directions.family_loras("shapes")
     if said and said[0] in loras:
         source, weight = loras[said[0]]
-        motion.load_motion_loras(pipe, [], [source], concept_scale).activate(pipe, source, weight)
+        concept = concepts.ADAPTER_NAME in pipe.get_list_adapters().get("unet", [])
+        motion.load_motion_loras(pipe, [], [source], 1.0 if concept else None).activate(pipe, source, weight)
 
 
 def render_clips(
@@ -144,10 +145,10 @@ def measure_video(folder: Path | None, n_clips: int, schedule: strength.Schedule
     """Clip rates for VIDEO_PROMPT, rendered with the motion LoRA its words ask for (as `animate` does),
     and the concept's weight following `schedule` (`animate --concept-schedule`) when given."""
     schedule = schedule if folder else None
-    _, video = pipelines(folder, image=False, fuse=schedule is None)
+    _, video = pipelines(folder, image=False)
     subject = f"{concepts.load_concept(folder).token} circle" if folder else "circle"
     prompt = VIDEO_PROMPT.format(f"a {subject}")
-    with_asked_motion(video, prompt, 1.0 if schedule else None)
+    with_asked_motion(video, prompt)
     scored = clips(video, prompt, n_clips, 400, schedule)
     frames = [f for c in scored for f in c.frames]
     return {

@@ -14,7 +14,9 @@ from conftest import cli_train_args
 from peft import LoraConfig
 from PIL import Image
 
-from cdvideo import composites, data, presets
+import cdvideo
+from cdvideo import composites, data, presets, strength
+from cdvideo import concept as concepts
 from cdvideo.cli import main as cli_main
 from cdvideo.demo import write_subject_photos
 from cdvideo.shapes import scorer, world
@@ -297,3 +299,29 @@ def test_composition_bars_train_with_named_fields_and_refuse_unknown_ones() -> N
     }
     with pytest.raises(SystemExit, match="TrainConfig field"):
         composition_bars.parse_overrides(["prior_tagret=base"])
+
+
+def test_composition_bars_keep_the_concept_on_beside_the_asked_motion_lora(tmp_path) -> None:
+    """A fused concept is unmerged and left off when a motion LoRA is activated (peft's set_adapter),
+    so the bars' clips must hold the concept as `cdvideo animate` does: a live adapter, on."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import composition_bars
+
+    write_subject_photos(tmp_path / "photos", count=2)
+    folder = cdvideo.train(
+        cdvideo.TrainConfig(images=[str(tmp_path / "photos")], class_word="circle", base="shapes",
+                            output=str(tmp_path / "concept"), steps=2, batch_size=2, prior_weight=0.0),
+        say=lambda _: None, progress=False,
+    )  # fmt: skip
+    _, video = composition_bars.pipelines(folder, image=False)
+    prompt = composition_bars.VIDEO_PROMPT.format(f"a {concepts.load_concept(folder).token} circle")
+    composition_bars.with_asked_motion(video, prompt)
+    assert set(video.get_active_adapters()) == {concepts.ADAPTER_NAME, "direction-0"}
+
+    def clip() -> torch.Tensor:
+        return video(prompt, num_frames=2, num_inference_steps=1, generator=torch.Generator().manual_seed(0),
+                     output_type="pt", height=64, width=64).frames  # fmt: skip
+
+    with_concept = clip()
+    strength.set_adapter_scale(video.unet, concepts.ADAPTER_NAME, 0.0)
+    assert (clip() - with_concept).abs().max() > 1e-4
