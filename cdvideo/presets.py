@@ -228,8 +228,8 @@ CLASSDIFFUSION = Recipe(
 # leaves out conv1/conv2 (text-independent: they shift every prompt's colours). The token row learns at
 # 1e-3, not the family's 5e-3: at 5e-3 it drifted far from the class and one training seed in four lost
 # the subject (demo seed 2: stripes in 0.56 of "a <tok> circle"; at 1e-3 1.00 on seeds 0-3, 16
-# samples, stripes + headphones 0.88-1.00). Needs a family with a subject locator (Shapes); elsewhere
-# --composites says so.
+# samples; stripes in 0.88-1.00 of "... wearing headphones"). Needs a family with a subject locator
+# (Shapes); elsewhere --composites says so.
 COMPOSITES = Recipe(
     name="composites",
     settings={
