@@ -47,3 +47,23 @@ def test_report_only_averages_seeds_and_compares_at_equal_identity(tmp_path):
     assert "| variant | steps | identity | composition_image | plain_kept | drift_cosine |" in equal
     assert "| spl0 | 150 | 0.75 | 0.50 | 0.40 | 0.65 |" in equal and "kv+spl1" not in equal
     assert (tmp_path / "curves.png").stat().st_size > 10_000
+
+
+def test_spl_table_gives_intervals_and_judges_differences_against_the_seed_spread(tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import spl_table
+
+    low, high = spl_table.wilson(16, 32)
+    assert round(low, 3) == 0.336 and round(high, 3) == 0.664  # the textbook Wilson interval of 16/32
+    rates = dict.fromkeys(spl_table.ROWS, 0.5)
+    for weight, headphones in (("0", (0.50, 0.56)), ("1", (0.90, 0.94))):
+        folder = tmp_path / weight
+        folder.mkdir()
+        for seed, value in enumerate(headphones):
+            run = {"settings": {"samples": 32}, "rates": rates | {"wearing headphones": value}}
+            (folder / f"seed-{seed}.json").write_text(json.dumps(run))
+    text = spl_table.table({"0": tmp_path / "0", "1": tmp_path / "1"})
+    headphones = next(line for line in text.splitlines() if "headphones" in line)
+    assert "0.53 [" in headphones and "0.92 [" in headphones and "outside" in headphones
+    identity = next(line for line in text.splitlines() if line.startswith("| identity"))
+    assert "0.00 within" in identity
