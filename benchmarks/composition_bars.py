@@ -110,12 +110,10 @@ def render_clips(
     (unfused) concept's weight following `schedule` when given."""
     preset, out = presets.SHAPES, []
     for start in range(0, len(prompts), batch):
-        callback = strength.scheduled(pipe, concepts.ADAPTER_NAME, schedule, preset.steps, 1.0) if schedule else None
-        frames = pipe(prompts[start : start + batch], num_frames=preset.frames, num_inference_steps=preset.steps,
-                      guidance_scale=preset.guidance, generator=torch.Generator().manual_seed(seed + start),
-                      output_type="pt", height=64, width=64, callback_on_step_end=callback).frames  # fmt: skip
-        if schedule:
-            strength.set_adapter_scale(pipe.unet, concepts.ADAPTER_NAME, 1.0)
+        with strength.scheduled(pipe, concepts.ADAPTER_NAME, schedule, preset.steps, 1.0) as callback:
+            frames = pipe(prompts[start : start + batch], num_frames=preset.frames, num_inference_steps=preset.steps,
+                          guidance_scale=preset.guidance, generator=torch.Generator().manual_seed(seed + start),
+                          output_type="pt", height=64, width=64, callback_on_step_end=callback).frames  # fmt: skip
         out += scorer.score_clips(frames.float(), expected_cls=classes[start : start + batch])
     return out
 

@@ -139,10 +139,7 @@ def render_clip(pipe, cfg: AnimateConfig, prompt: str, seed: int, schedule: stre
     """One clip of `prompt` at `cfg`'s settings: (frames, H, W, 3) floats in [0, 1].
 
     `schedule`: the concept's (unfused) LoRA weight over the steps; it ends at `cfg.lora_scale`."""
-    callback = None
-    if schedule:
-        callback = strength.scheduled(pipe, concepts.ADAPTER_NAME, schedule, cfg.steps, cfg.lora_scale)
-    try:
+    with strength.scheduled(pipe, concepts.ADAPTER_NAME, schedule, cfg.steps, cfg.lora_scale) as callback:
         return pipe(
             prompt,
             negative_prompt=cfg.negative_prompt or None,
@@ -156,9 +153,6 @@ def render_clip(pipe, cfg: AnimateConfig, prompt: str, seed: int, schedule: stre
             decode_chunk_size=cfg.decode_chunk_size,
             callback_on_step_end=callback,
         ).frames[0]
-    finally:
-        if schedule:
-            strength.set_adapter_scale(pipe.unet, concepts.ADAPTER_NAME, cfg.lora_scale)
 
 
 def animate(

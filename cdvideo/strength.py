@@ -8,7 +8,8 @@ of the steps, then at `--lora-scale`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from peft.tuners.tuners_utils import BaseTunerLayer
@@ -49,9 +50,16 @@ def set_adapter_scale(model, adapter: str, scale: float) -> None:
             module.set_scale(adapter, scale)
 
 
-def scheduled(pipe, adapter: str, schedule: Schedule, steps: int, full_scale: float) -> Callable:
-    """Put `adapter` at its early weight now; the returned `callback_on_step_end` raises it to
-    `full_scale` once the early steps are done."""
+@contextmanager
+def scheduled(
+    pipe, adapter: str, schedule: Schedule | None, steps: int, full_scale: float
+) -> Iterator[Callable | None]:
+    """Within the block `adapter` starts at its early weight, and the yielded `callback_on_step_end`
+    raises it to `full_scale` once the early steps are done; it is left at `full_scale` after.
+    With no schedule, nothing changes and the callback is None."""
+    if schedule is None:
+        yield None
+        return
     early = schedule.early_steps(steps)
     set_adapter_scale(pipe.unet, adapter, schedule.early_scale if early else full_scale)
 
@@ -60,4 +68,7 @@ def scheduled(pipe, adapter: str, schedule: Schedule, steps: int, full_scale: fl
             set_adapter_scale(pipeline.unet, adapter, full_scale)
         return callback_kwargs
 
-    return after_step
+    try:
+        yield after_step
+    finally:
+        set_adapter_scale(pipe.unet, adapter, full_scale)
