@@ -83,6 +83,14 @@ def _train_parser(sub) -> None:
         "its class with an accessory or background (0 = off; default: preset's)",
     )
     p.add_argument("--num-composites", type=int, metavar="N", help="scenes the base model draws for them")
+    p.add_argument(
+        "--clip-composites",
+        type=float,
+        metavar="WEIGHT",
+        help="masked photos: weight of a loss on the subject fitted into the base video model's clips, taught "
+        "through the frozen motion modules so the concept keeps the clip moving (0 = off; default: preset's)",
+    )
+    p.add_argument("--num-clip-composites", type=int, metavar="N", help="clips the base video model draws for them")
     p.add_argument("--prior-weight", type=float, help="prior preservation weight (0 = off; default: preset's)")
     p.add_argument(
         "--prior-target",

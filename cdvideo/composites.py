@@ -81,6 +81,45 @@ def _backdrop(scene: torch.Tensor) -> torch.Tensor:
     return border.median(dim=1).values
 
 
+def _tensor(image: Image.Image) -> torch.Tensor:
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    return torch.from_numpy(array).permute(2, 0, 1) if array.ndim == 3 else torch.from_numpy(array)
+
+
+def cut_out(photo: Image.Image, mask: Image.Image, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The photo's subject (3, H, W) in its own colours and its alpha (H, W), at `size`."""
+    subject, alpha = _tensor(photo.convert("RGB")), _tensor(mask)
+    if subject.shape[1:] != size:
+        subject = F.interpolate(subject[None], size=size, mode="bilinear", align_corners=False)[0]
+        alpha = F.interpolate(alpha[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+    return _unblend_from_white(subject, alpha), alpha
+
+
+def fit_into_frames(
+    frames: torch.Tensor, locate: Locator, subject: torch.Tensor, alpha: torch.Tensor
+) -> torch.Tensor | None:
+    """The subject fitted into each of `frames` (N, 3, H, W) where `locate` finds the class object;
+    None when any frame has none (a clip with a gap would teach the subject to vanish)."""
+    bodies, accessories = locate(frames)
+    size = frames.shape[2:]
+    fitted = []
+    for scene, body, accessory in zip(frames, bodies, accessories, strict=True):
+        if body.shape != size:  # a locator that reads a fixed size: masks back at the scene's
+            body = F.interpolate(body[None, None].float(), size=size)[0, 0] > 0.5
+            accessory = F.interpolate(accessory[None, None].float(), size=size)[0, 0] > 0.5
+        frame = fit_subject(scene, body, accessory, subject, alpha)
+        if frame is None:
+            return None
+        fitted.append(frame)
+    return torch.stack(fitted)
+
+
+def to_image(pixels: torch.Tensor) -> Image.Image:
+    """(3, H, W) in [0, 1] -> an RGB image."""
+    array = (pixels.permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype(np.uint8)
+    return Image.fromarray(array, "RGB")
+
+
 def make_composites(
     scenes: list[Image.Image],
     scene_captions: list[str],
@@ -92,32 +131,15 @@ def make_composites(
 ) -> Composites:
     """Fit the photos' subjects (in turn) into the scenes; each caption's `class_phrase` becomes
     `concept_phrase`. Scenes with no object to fit into are left out."""
-
-    def tensor(image: Image.Image) -> torch.Tensor:
-        array = np.asarray(image, dtype=np.float32) / 255.0
-        return torch.from_numpy(array).permute(2, 0, 1) if array.ndim == 3 else torch.from_numpy(array)
-
-    pixels = torch.stack([tensor(s.convert("RGB")) for s in scenes])
-    bodies, accessories = locate(pixels)
     out = Composites([], [], [], [])
-    for i, (scene, caption) in enumerate(zip(pixels, scene_captions, strict=True)):
+    for i, (scene, caption) in enumerate(zip(scenes, scene_captions, strict=True)):
+        pixels = _tensor(scene.convert("RGB"))
         k = i % len(photos)
-        subject, alpha = tensor(photos[k].convert("RGB")), tensor(masks[k])
-        size = scene.shape[1:]
-        if subject.shape[1:] != size:
-            subject = F.interpolate(subject[None], size=size, mode="bilinear", align_corners=False)[0]
-            alpha = F.interpolate(alpha[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
-        subject = _unblend_from_white(subject, alpha)
-        body, accessory = bodies[i], accessories[i]
-        if body.shape != size:  # a locator that reads a fixed size: masks back at the scene's
-            body = F.interpolate(body[None, None].float(), size=size)[0, 0] > 0.5
-            accessory = F.interpolate(accessory[None, None].float(), size=size)[0, 0] > 0.5
-        fitted = fit_subject(scene, body, accessory, subject, alpha)
+        fitted = fit_into_frames(pixels[None], locate, *cut_out(photos[k], masks[k], tuple(pixels.shape[1:])))
         if fitted is None or not caption.startswith(class_phrase):
             continue
-        array = (fitted.permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype(np.uint8)
-        out.images.append(Image.fromarray(array, "RGB"))
+        out.images.append(to_image(fitted[0]))
         out.captions.append(concept_phrase + caption[len(class_phrase) :])
-        out.scenes.append(scenes[i])
+        out.scenes.append(scene)
         out.scene_captions.append(caption)
     return out

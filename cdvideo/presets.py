@@ -53,6 +53,11 @@ class Preset:
     # into the base model's pictures of its class with these phrases, found by `locate_object`.
     composites: float = 0.0
     num_composites: int = 48
+    # Clip composites (cdvideo/clip_composites.py): weight of their loss through the motion modules,
+    # how many base clips, and the motions the clips' prompts ask for.
+    clip_composites: float = 0.0
+    num_clip_composites: int = 16
+    motion_phrases: tuple[str, ...] = ()
     composite_phrases: tuple[str, ...] = ()
     locate_object: Callable | None = None
 
@@ -123,6 +128,7 @@ SHAPES = Preset(
     composites=0.0,
     composite_phrases=world.scene_phrases(),
     locate_object=scorer.object_masks,
+    motion_phrases=tuple(m for m in world.MOTIONS if m),
 )
 
 

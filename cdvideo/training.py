@@ -23,7 +23,7 @@ from diffusers import DDPMScheduler
 from peft import LoraConfig
 from tqdm.auto import tqdm
 
-from cdvideo import checkpoints, composites, data, loading, memory, presets, scaleout, tracking
+from cdvideo import checkpoints, clip_composites, composites, data, loading, memory, presets, scaleout, tracking
 from cdvideo.atomic import atomic_path, ensure_writable_dir, write_json_atomic, write_text_atomic
 from cdvideo.concept import Concept, save_concept, save_photos
 from cdvideo.errors import UserError
@@ -73,6 +73,10 @@ class TrainConfig:
     context_weight: float | None = None
     composites: float | None = None  # share of subject items that are scene composites (cdvideo/composites.py)
     num_composites: int | None = None  # base-model scenes the subject is fitted into
+    # Weight of the loss on clip composites (cdvideo/clip_composites.py): the subject fitted into the
+    # base video model's clips, taught through the frozen motion modules (0 = off).
+    clip_composites: float | None = None
+    num_clip_composites: int | None = None  # base-model clips the subject is fitted into
     seed: int = 0
     prior_weight: float | None = None  # > 0 enables prior preservation
     # What the prior items are taught: "images" (DreamBooth: their own noise) or "base" (the base
@@ -114,6 +118,8 @@ class TrainConfig:
             ("context_weight", preset.context_weight),
             ("composites", preset.composites),
             ("num_composites", preset.num_composites),
+            ("clip_composites", preset.clip_composites),
+            ("num_clip_composites", preset.num_clip_composites),
         ):
             if values[name] is None:
                 values[name] = default
@@ -156,8 +162,10 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(f"--context-weight must be >= 0 (got {cfg.context_weight})")
     if not 0 <= cfg.composites <= 1:
         raise UserError(f"--composites is a share of subject items, from 0 to 1 (got {cfg.composites})")
-    if cfg.num_composites < 1:
-        raise UserError(f"--num-composites must be at least 1 (got {cfg.num_composites})")
+    if cfg.num_composites < 1 or cfg.num_clip_composites < 1:
+        raise UserError("--num-composites and --num-clip-composites must be at least 1")
+    if cfg.clip_composites < 0:
+        raise UserError(f"--clip-composites is a loss weight, 0 or more (got {cfg.clip_composites})")
     if not 0 <= cfg.caption_variety <= 1:
         raise UserError(f"--caption-variety is a share of captions, from 0 to 1 (got {cfg.caption_variety})")
     if not cfg.class_word.strip():
@@ -269,6 +277,47 @@ def _scene_composites(cfg: TrainConfig, pipe, photos: data.PhotoSet, out: Path, 
                 image.save(tmp)
     say(f"fitted the subject into {len(made.images)} of {len(scenes.images)} scenes ({folder})")
     return made
+
+
+def _clip_composites(cfg: TrainConfig, pipe, photos: data.PhotoSet, out: Path, accelerator, say):
+    """The subject fitted into the base video model's clips (cdvideo/clip_composites.py), with the
+    motion adapter they were drawn with; the clips stay in OUT/clip-composites/, and a resumed run
+    reuses them. (None, None) when off."""
+    if not cfg.clip_composites:
+        return None, None
+    preset = presets.preset_for(cfg.base)
+    adapter = loading.load_motion_adapter(preset.motion_adapter).to(pipe.device)
+    folder = out / "clip-composites"
+    if accelerator.is_main_process:
+        video = loading.video_pipeline(pipe, adapter)
+        video.scheduler = presets.make_scheduler(cfg.base, None, pipe.scheduler.config)
+        prompts = clip_composites.clip_prompts(
+            cfg.class_word, preset.composite_phrases, preset.motion_phrases, cfg.num_clip_composites, cfg.seed
+        )
+        clip_composites.render_base_clips(
+            video, prompts, folder / "clips", cfg.resolution, preset.steps, preset.guidance, cfg.seed + 2, say
+        )
+    accelerator.wait_for_everyone()
+    class_phrase = f"a photo of a {cfg.class_word}"
+    made = clip_composites.make_clip_composites(
+        *clip_composites.read_clips(folder / "clips"), photos.images, photos.masks, preset.locate_object,
+        class_phrase, f"a photo of a {cfg.token} {cfg.class_word}",
+    )  # fmt: skip
+    if not made.clips:
+        raise UserError(f"the base model drew no {cfg.class_word} in every frame of its clips in {folder / 'clips'}")
+    if accelerator.is_main_process:
+        clip_composites.write_clips(folder, made)
+    say(f"fitted the subject into {len(made.clips)} of {cfg.num_clip_composites} base clips ({folder})")
+    return made, adapter
+
+
+@torch.no_grad()
+def _clip_latents(made, tokenizer, vae, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Clip composites' latent means and stds (N, F, C, h, w) and their captions' token ids."""
+    frames = torch.cat(made.clips) * 2 - 1  # [0, 1] -> the VAE's [-1, 1]; no flips: they reverse left and right
+    mean, std = _latent_distribution(vae, frames)
+    shape = (len(made.clips), -1, *mean.shape[1:])
+    return mean.reshape(shape), std.reshape(shape), _tokenize(tokenizer, made.captions, device)
 
 
 def _class_prompts(paths: list[Path], default: str) -> list[str]:
@@ -496,16 +545,19 @@ def _with_masks(cfg: TrainConfig, photos: data.PhotoSet, say) -> TrainConfig:
     preset = presets.preset_for(cfg.base)
     if variety and not preset.caption_phrases:
         raise UserError("--caption-variety needs composition phrases, and this model family has none")
-    composites = cfg.composites
-    if composites and not (preset.locate_object and preset.composite_phrases):
-        raise UserError(
-            "--composites needs a locator for the class object in the base model's pictures, and this "
-            "model family has none; train without it (--composites 0)"
-        )
-    if composites and not masked:
-        say("note: scene composites are off: they need the subject's mask (photos with transparency)")
-        composites = 0.0
-    return replace(cfg, masked_loss=masked, caption_variety=variety, composites=composites)
+    shares = {"composites": cfg.composites, "clip_composites": cfg.clip_composites}
+    for flag, share in shares.items():
+        option = "--" + flag.replace("_", "-")
+        if share and not (preset.locate_object and preset.composite_phrases):
+            raise UserError(
+                f"{option} needs a locator for the class object in the base model's pictures, and this "
+                f"model family has none; train without it ({option} 0)"
+            )
+        if share and not masked:
+            what = "scene composites" if flag == "composites" else "clip composites"
+            say(f"note: {what} are off: they need the subject's mask (photos with transparency)")
+            shares[flag] = 0.0
+    return replace(cfg, masked_loss=masked, caption_variety=variety, **shares)
 
 
 def _validation_hook(cfg: TrainConfig, pipe, out: Path) -> Callable[[int], None]:
@@ -681,6 +733,7 @@ def train(
         class_captions = _class_prompts(class_set.paths, f"a photo of a {cfg.class_word}")
 
     scene_composites = _scene_composites(cfg, pipe, photos, out, accelerator, say)
+    clip_set, motion_adapter = _clip_composites(cfg, pipe, photos, out, accelerator, say)
 
     token_id, notes = add_token(
         tokenizer, text_encoder, cfg.token, cfg.init_word or cfg.class_word, vocab_entry=cfg.init_word is not None
@@ -693,6 +746,9 @@ def train(
 
     class_data = (class_set, class_pixels, class_captions) if class_pixels is not None else None
     batch = _precompute(cfg, tokenizer, text_encoder, vae, photos, class_data, scene_composites, device, say)
+    # Built after the LoRA is added: its spatial modules are the UNet's own, LoRA included.
+    motion_unet = clip_composites.shared_motion_unet(unet, motion_adapter) if clip_set else None
+    clips = _clip_latents(clip_set, tokenizer, vae, device) if clip_set else None
 
     memory.prepare_models(cfg, unet, text_encoder, vae)  # after the fp32 precomputation above
 
@@ -723,6 +779,11 @@ def train(
                 loss, parts, _ = _batch_loss(
                     cfg, batch, ddp_unet, ddp_text_encoder, noise_scheduler, generator, vae.config.scaling_factor
                 )
+                if clips is not None:
+                    loss = loss + cfg.clip_composites * clip_composites.clip_loss(
+                        motion_unet, lambda ids: ddp_text_encoder(ids)[0], clips, noise_scheduler,
+                        lambda *x: _diffusion_target(noise_scheduler, *x), generator, vae.config.scaling_factor,
+                    )  # fmt: skip
                 accelerator.backward(loss)
                 if after_backward and accelerator.sync_gradients:
                     after_backward(models)

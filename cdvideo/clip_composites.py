@@ -1,0 +1,160 @@
+"""Clip composites: the subject fitted into the base model's own moving clips, taught through the
+frozen motion modules.
+
+A concept learned from still photos (and still scene composites) pulls every frame towards the same
+picture, and the clip freezes (docs/composition/). Here the base video model draws "a photo of a
+circle wearing headphones moving right"; in every frame the locator finds the class object and the
+subject's cut-out is fitted into it (cdvideo/composites.py), so the clip is the base model's motion
+with the user's subject in it. Captioned with the token, it is taught whole through a UNetMotionModel
+whose spatial layers are the trained UNet's own modules (LoRA included): the gradient reaches the
+concept's LoRA and token row through the motion modules, which stay frozen and are not saved. This
+is Still-Moving's idea (Chefer et al. 2024: train the spatial concept through the motion prior)
+with moving clips in place of its frozen ones, so no extra motion-side adapter is needed.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+from PIL import Image
+
+from cdvideo import composites
+from cdvideo.atomic import atomic_path, write_text_atomic
+
+FRAMES = 8  # per clip: half the family's 16 halves the cost of a step through the motion modules
+RENDER_BATCH = 4
+
+
+@dataclass
+class ClipComposites:
+    clips: list[torch.Tensor]  # (F, 3, H, W) in [0, 1]
+    captions: list[str]
+
+
+def clip_prompts(class_word: str, phrases: tuple[str, ...], motions: tuple[str, ...], count: int, seed: int) -> list[str]:
+    """`count` prompts of the class with a scene phrase and a motion, each phrase and motion as often
+    as the count allows, paired at random."""
+    rng = random.Random(seed)
+    chosen = [phrases[i % len(phrases)] for i in range(count)]
+    moves = [motions[i % len(motions)] for i in range(count)]
+    rng.shuffle(chosen)
+    rng.shuffle(moves)
+    return [" ".join(w for w in (f"a photo of a {class_word}", p, m) if w) for p, m in zip(chosen, moves, strict=True)]
+
+
+def shared_motion_unet(unet: UNet2DConditionModel, adapter: MotionAdapter) -> UNetMotionModel:
+    """A UNetMotionModel with `adapter`'s motion modules around `unet`'s own spatial modules (the same
+    objects, so a LoRA on them is trained by either model). The motion modules are frozen."""
+    motion = UNetMotionModel.from_unet2d(unet, adapter, load_weights=False)
+    motion.load_motion_modules(adapter)
+    motion.requires_grad_(False)
+    for name, child in list(motion.named_children()):
+        if name in ("down_blocks", "up_blocks"):
+            for block, flat in zip(child, getattr(unet, name), strict=True):
+                _share_block(block, flat)
+        elif name == "mid_block":
+            _share_block(child, unet.mid_block)
+        elif hasattr(unet, name):
+            setattr(motion, name, getattr(unet, name))
+    return motion.to(unet.device)
+
+
+def _share_block(block: torch.nn.Module, flat: torch.nn.Module) -> None:
+    for name, _ in list(block.named_children()):
+        if name != "motion_modules" and hasattr(flat, name):
+            setattr(block, name, getattr(flat, name))
+
+
+def render_base_clips(
+    pipe, prompts: list[str], folder: Path, resolution: int, steps: int, guidance: float, seed: int, say
+) -> None:
+    """The base video model's clips of `prompts` into `folder` as `clip-i.png` (frames side by side)
+    with `clip-i.txt`; a resumed run keeps the clips already written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    have = len(list(folder.glob("clip-*.png")))
+    if have >= len(prompts):
+        return
+    say(f"rendering {len(prompts) - have} base clips of {FRAMES} frames into {folder}")
+    pipe.set_progress_bar_config(disable=True)
+    generator = torch.Generator(pipe.device).manual_seed(seed + have)
+    for start in range(have, len(prompts), RENDER_BATCH):
+        batch = prompts[start : start + RENDER_BATCH]
+        clips = pipe(
+            batch, num_frames=FRAMES, height=resolution, width=resolution, num_inference_steps=steps,
+            guidance_scale=guidance, generator=generator, output_type="pt",
+        ).frames  # fmt: skip
+        for i, (clip, prompt) in enumerate(zip(clips, batch, strict=True), start):
+            write_text_atomic(folder / f"clip-{i:04d}.txt", prompt + "\n")
+            with atomic_path(folder / f"clip-{i:04d}.png") as tmp:
+                composites.to_image(torch.cat(list(clip.float().cpu()), dim=2)).save(tmp)
+
+
+def read_clips(folder: Path, pattern: str = "clip-*.png") -> tuple[list[torch.Tensor], list[str]]:
+    """Clips written as frames side by side (square frames), with their `.txt` captions."""
+    clips, captions = [], []
+    for path in sorted(folder.glob(pattern)):
+        strip = composites._tensor(Image.open(path).convert("RGB"))
+        size = strip.shape[1]
+        clips.append(torch.stack(strip.split(size, dim=2)))
+        captions.append(path.with_suffix(".txt").read_text(encoding="utf-8").strip())
+    return clips, captions
+
+
+def make_clip_composites(
+    clips: list[torch.Tensor],
+    captions: list[str],
+    photos: list[Image.Image],
+    masks: list[Image.Image],
+    locate: composites.Locator,
+    class_phrase: str,
+    concept_phrase: str,
+) -> ClipComposites:
+    """Fit the photos' subjects (in turn) into every frame of each clip; captions' `class_phrase`
+    becomes `concept_phrase`. Clips with a frame that has no object to fit into are left out."""
+    out = ClipComposites([], [])
+    for i, (clip, caption) in enumerate(zip(clips, captions, strict=True)):
+        k = i % len(photos)
+        fitted = composites.fit_into_frames(clip, locate, *composites.cut_out(photos[k], masks[k], tuple(clip.shape[2:])))
+        if fitted is None or not caption.startswith(class_phrase):
+            continue
+        out.clips.append(fitted)
+        out.captions.append(concept_phrase + caption[len(class_phrase) :])
+    return out
+
+
+def write_clips(folder: Path, made: ClipComposites) -> None:
+    for i, (clip, caption) in enumerate(zip(made.clips, made.captions, strict=True)):
+        write_text_atomic(folder / f"clip-composite-{i:04d}.txt", caption + "\n")
+        with atomic_path(folder / f"clip-composite-{i:04d}.png") as tmp:
+            composites.to_image(torch.cat(list(clip), dim=2)).save(tmp)
+
+
+def clip_loss(
+    motion_unet: UNetMotionModel,
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    clips: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    noise_scheduler,
+    target: Callable,
+    generator: torch.Generator,
+    scaling_factor: float,
+) -> torch.Tensor:
+    """Diffusion loss of one clip composite drawn at random, through the motion model.
+
+    `clips` holds the clips' latent means and stds (N, F, C, h, w) and each clip's caption ids;
+    `encode` turns ids into text states; `target` is the diffusion target for (latents, noise, t)."""
+    mean, std, ids = clips
+    device = mean.device
+    pick = torch.randint(len(mean), (1,), generator=generator, device=device)
+    latents = mean[pick] + std[pick] * torch.randn(mean[pick].shape, generator=generator, device=device)
+    latents = latents.permute(0, 2, 1, 3, 4) * scaling_factor  # (1, C, F, h, w), as the motion model reads
+    noise = torch.randn(latents.shape, generator=generator, device=device)
+    timestep = torch.randint(0, noise_scheduler.config.num_train_timesteps, (1,), generator=generator, device=device)
+    noisy = noise_scheduler.add_noise(latents, noise, timestep)
+    hidden = encode(ids[pick]).repeat_interleave(latents.shape[2], dim=0)  # per frame, as the pipeline does
+    prediction = motion_unet(noisy, timestep, hidden).sample
+    return torch.nn.functional.mse_loss(prediction.float(), target(latents, noise, timestep).float())

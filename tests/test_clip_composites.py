@@ -1,0 +1,138 @@
+"""Clip composites: the subject fitted into the base model's moving clips, taught through the frozen
+motion modules (cdvideo/clip_composites.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import DDPMScheduler, UNetMotionModel
+from peft import LoraConfig
+
+from cdvideo import clip_composites, data, loading, presets
+from cdvideo.cli import main as cli_main
+from cdvideo.demo import write_subject_photos
+from cdvideo.shapes import scorer, world
+
+
+@pytest.fixture(scope="module")
+def cutouts(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("cutouts")
+    write_subject_photos(folder, count=3, seed=0)
+    return folder
+
+
+def _plain_circle_clips(n: int, motion: str, accessory: str) -> torch.Tensor:
+    """The world's own clips (N, F, 3, 64, 64) of plain (unstriped) circles moving as asked."""
+    scenes = world.sample_scenes(n, torch.Generator().manual_seed(5))
+    scenes.cls[:] = world.CLASSES.index("circle")
+    scenes.accessory[:] = list(world.ACCESSORIES).index(accessory)
+    scenes.background[:] = 0
+    scenes.pattern[:] = False
+    return world.render_clip(scenes, torch.full((n,), world.MOTIONS.index(motion)), frames=clip_composites.FRAMES)
+
+
+def test_a_clip_composite_moves_the_subject_as_the_base_clip_moved(cutouts):
+    photos = data.load_photos([cutouts], 64)
+    clips = list(_plain_circle_clips(3, "moving right", "wearing headphones"))
+    assert not any(f.pattern for c in scorer.score_clips(torch.stack(clips)) for f in c.frames)
+    empty = torch.ones_like(clips[0])  # white frames: no object, so the clip is left out
+    made = clip_composites.make_clip_composites(
+        [*clips, empty], ["a photo of a circle wearing headphones moving right"] * 4, photos.images, photos.masks,
+        scorer.object_masks, "a photo of a circle", "a photo of a <new1> circle",
+    )  # fmt: skip
+    assert made.captions == ["a photo of a <new1> circle wearing headphones moving right"] * 3
+    for clip in scorer.score_clips(torch.stack(made.clips)):
+        assert clip.motion == "moving right"
+        assert all(f.pattern and f.accessory == "wearing headphones" and f.cls == "circle" for f in clip.frames)
+
+
+def test_written_clips_read_back_frame_for_frame(cutouts, tmp_path):
+    photos = data.load_photos([cutouts], 64)
+    made = clip_composites.make_clip_composites(
+        list(_plain_circle_clips(2, "moving up", "")), ["a photo of a circle moving up"] * 2, photos.images,
+        photos.masks, scorer.object_masks, "a photo of a circle", "a photo of a <new1> circle",
+    )  # fmt: skip
+    clip_composites.write_clips(tmp_path, made)
+    clips, captions = clip_composites.read_clips(tmp_path, "clip-composite-*.png")
+    assert captions == made.captions
+    for read, written in zip(clips, made.clips, strict=True):
+        assert read.shape == (clip_composites.FRAMES, 3, 64, 64)
+        assert (read - written).abs().max() <= 1 / 255 + 1e-6  # 8-bit PNG
+
+
+def test_clip_prompts_cover_every_phrase_and_motion():
+    phrases, motions = ("wearing a hat", "on grass", "at night"), ("moving left", "bouncing")
+    prompts = clip_composites.clip_prompts("circle", phrases, motions, 6, seed=0)
+    assert len(prompts) == 6 and all(p.startswith("a photo of a circle ") for p in prompts)
+    assert sorted(sum(p.count(x) for p in prompts) for x in phrases) == [2, 2, 2]
+    assert sorted(sum(p.endswith(m) for p in prompts) for m in motions) == [3, 3]
+
+
+def test_the_motion_model_trains_the_unets_own_lora():
+    """Through the shared motion model, a clip's loss reaches the UNet's LoRA (the concept that is
+    saved) and never the frozen motion modules; with the LoRA at zero it predicts as AnimateDiff's
+    own motion model does."""
+    pipe = loading.load_image_pipeline("shapes", torch.float32)
+    adapter = loading.load_motion_adapter("shapes")
+    reference = UNetMotionModel.from_unet2d(pipe.unet, adapter)
+    unet = pipe.unet.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=["to_q", "conv1"]))
+    motion = clip_composites.shared_motion_unet(unet, adapter)
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(1, 4, clip_composites.FRAMES, 16, 16, generator=generator)
+    hidden = torch.randn(clip_composites.FRAMES, 77, 128, generator=generator)
+    with torch.no_grad():
+        expected = reference(latents, torch.tensor([500]), hidden).sample
+        torch.testing.assert_close(motion(latents, torch.tensor([500]), hidden).sample, expected, atol=1e-4, rtol=1e-4)
+    lora = {n: p for n, p in unet.named_parameters() if "lora_" in n}
+    for name, param in lora.items():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.1)
+    with torch.no_grad():
+        assert (motion(latents, torch.tensor([500]), hidden).sample - expected).abs().max() > 1e-3
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    mean = torch.randn(2, clip_composites.FRAMES, 4, 16, 16, generator=generator)
+    ids = pipe.tokenizer(["a photo of a circle moving right"] * 2, padding="max_length", max_length=77,
+                         return_tensors="pt").input_ids  # fmt: skip
+    loss = clip_composites.clip_loss(
+        motion, lambda i: pipe.text_encoder(i)[0], (mean, torch.zeros_like(mean), ids), scheduler,
+        scheduler.get_velocity, generator, 1.0,
+    )  # fmt: skip
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in lora.items() if "lora_A" in n)
+    assert all(p.grad is None for n, p in motion.named_parameters() if "motion_modules" in n)
+
+
+def test_shapes_training_teaches_clip_composites(cutouts, tmp_path):
+    out = tmp_path / "concept"
+    args = ["train", str(cutouts), "--class-word", "circle", "--base", "shapes", "--output", str(out),
+            "--steps", "2", "--prior-weight", "0", "--clip-composites", "1", "--num-clip-composites", "4"]  # fmt: skip
+    assert cli_main(args) == 0
+    settings = json.loads((out / "train_config.json").read_text())
+    assert settings["clip_composites"] == 1.0 and settings["num_clip_composites"] == 4
+    assert len(list((out / "clip-composites" / "clips").glob("clip-*.png"))) == 4
+    clips, captions = clip_composites.read_clips(out / "clip-composites", "clip-composite-*.png")
+    assert 1 <= len(clips) <= 4
+    motions = presets.SHAPES.motion_phrases
+    for clip, caption in zip(clips, captions, strict=True):
+        assert caption.startswith("a photo of a <new1> circle ") and caption.endswith(motions)
+        assert all(f.pattern for f in scorer.score_frames(clip))  # the subject is in every frame
+
+
+def test_clip_composites_need_a_locator_and_masks(tiny_base, dog_photos, tmp_path, capsys):
+    from conftest import cli_train_args
+
+    code = cli_main(cli_train_args(tiny_base, dog_photos, tmp_path / "c", "--clip-composites", "1"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "locator" in err[0] and "--clip-composites 0" in err[0]
+    args = ["train", str(dog_photos), "--class-word", "circle", "--base", "shapes", "--output", str(tmp_path / "d"),
+            "--steps", "1", "--prior-weight", "0", "--clip-composites", "1"]  # fmt: skip
+    assert cli_main(args) == 0
+    assert "clip composites are off" in capsys.readouterr().out
+    assert json.loads((tmp_path / "d" / "train_config.json").read_text())["clip_composites"] == 0.0
+    code = cli_main([*args[:-2], "--clip-composites", "-1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--clip-composites" in err[0]
