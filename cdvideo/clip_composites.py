@@ -36,7 +36,9 @@ class ClipComposites:
     captions: list[str]
 
 
-def clip_prompts(class_word: str, phrases: tuple[str, ...], motions: tuple[str, ...], count: int, seed: int) -> list[str]:
+def clip_prompts(
+    class_word: str, phrases: tuple[str, ...], motions: tuple[str, ...], count: int, seed: int
+) -> list[str]:
     """`count` prompts of the class with a scene phrase and a motion, each phrase and motion as often
     as the count allows, paired at random."""
     rng = random.Random(seed)
@@ -119,7 +121,9 @@ def make_clip_composites(
     out = ClipComposites([], [])
     for i, (clip, caption) in enumerate(zip(clips, captions, strict=True)):
         k = i % len(photos)
-        fitted = composites.fit_into_frames(clip, locate, *composites.cut_out(photos[k], masks[k], tuple(clip.shape[2:])))
+        fitted = composites.fit_into_frames(
+            clip, locate, *composites.cut_out(photos[k], masks[k], tuple(clip.shape[2:]))
+        )
         if fitted is None or not caption.startswith(class_phrase):
             continue
         out.clips.append(fitted)
