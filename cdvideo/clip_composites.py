@@ -26,7 +26,7 @@ from PIL import Image
 from cdvideo import composites
 from cdvideo.atomic import atomic_path, write_text_atomic
 
-FRAMES = 8  # per clip: half the family's 16 halves the cost of a step through the motion modules
+FRAMES = 8  # taught per clip, from the middle of the family's clip: half its frames, half the cost
 RENDER_BATCH = 4
 
 
@@ -73,21 +73,22 @@ def _share_block(block: torch.nn.Module, flat: torch.nn.Module) -> None:
 
 
 def render_base_clips(
-    pipe, prompts: list[str], folder: Path, resolution: int, steps: int, guidance: float, seed: int, say
+    pipe, prompts: list[str], folder: Path, frames: int, resolution: int, steps: int, guidance: float, seed: int, say
 ) -> None:
-    """The base video model's clips of `prompts` into `folder` as `clip-i.png` (frames side by side)
-    with `clip-i.txt`; a resumed run keeps the clips already written."""
+    """The base video model's clips of `prompts` (`frames` long: at fewer frames than it was trained
+    on, the Shapes adapter barely moves) into `folder` as `clip-i.png` (frames side by side) with
+    `clip-i.txt`; a resumed run keeps the clips already written."""
     folder.mkdir(parents=True, exist_ok=True)
     have = len(list(folder.glob("clip-*.png")))
     if have >= len(prompts):
         return
-    say(f"rendering {len(prompts) - have} base clips of {FRAMES} frames into {folder}")
+    say(f"rendering {len(prompts) - have} base clips of {frames} frames into {folder}")
     pipe.set_progress_bar_config(disable=True)
     generator = torch.Generator(pipe.device).manual_seed(seed + have)
     for start in range(have, len(prompts), RENDER_BATCH):
         batch = prompts[start : start + RENDER_BATCH]
         clips = pipe(
-            batch, num_frames=FRAMES, height=resolution, width=resolution, num_inference_steps=steps,
+            batch, num_frames=frames, height=resolution, width=resolution, num_inference_steps=steps,
             guidance_scale=guidance, generator=generator, output_type="pt",
         ).frames  # fmt: skip
         for i, (clip, prompt) in enumerate(zip(clips, batch, strict=True), start):
@@ -115,11 +116,21 @@ def make_clip_composites(
     locate: composites.Locator,
     class_phrase: str,
     concept_phrase: str,
+    read_motion: Callable[[torch.Tensor], str],
+    motions: tuple[str, ...],
 ) -> ClipComposites:
-    """Fit the photos' subjects (in turn) into every frame of each clip; captions' `class_phrase`
-    becomes `concept_phrase`. Clips with a frame that has no object to fit into are left out."""
+    """Fit the photos' subjects (in turn) into the middle FRAMES frames of each clip; captions'
+    `class_phrase` becomes `concept_phrase`, and their motion (one of `motions`, last) the one
+    `read_motion` reads off the whole clip. Left out: clips that do not move (they would teach the
+    concept to stand still) and clips with a frame that has no object to fit into."""
     out = ClipComposites([], [])
     for i, (clip, caption) in enumerate(zip(clips, captions, strict=True)):
+        moved = read_motion(clip)
+        if not moved:
+            continue
+        caption = next((caption[: -len(m)].rstrip() for m in motions if caption.endswith(m)), caption) + " " + moved
+        start = max(0, (len(clip) - FRAMES) // 2)
+        clip = clip[start : start + FRAMES]
         k = i % len(photos)
         fitted = composites.fit_into_frames(
             clip, locate, *composites.cut_out(photos[k], masks[k], tuple(clip.shape[2:]))

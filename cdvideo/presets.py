@@ -58,6 +58,7 @@ class Preset:
     clip_composites: float = 0.0
     num_clip_composites: int = 16
     motion_phrases: tuple[str, ...] = ()
+    read_motion: Callable | None = None  # frames (F, 3, H, W) in [0, 1] -> the motion phrase they show, or ""
     composite_phrases: tuple[str, ...] = ()
     locate_object: Callable | None = None
 
@@ -129,6 +130,7 @@ SHAPES = Preset(
     composite_phrases=world.scene_phrases(),
     locate_object=scorer.object_masks,
     motion_phrases=tuple(m for m in world.MOTIONS if m),
+    read_motion=scorer.clip_motion,
 )
 
 

@@ -295,16 +295,20 @@ def _clip_composites(cfg: TrainConfig, pipe, photos: data.PhotoSet, out: Path, a
             cfg.class_word, preset.composite_phrases, preset.motion_phrases, cfg.num_clip_composites, cfg.seed
         )
         clip_composites.render_base_clips(
-            video, prompts, folder / "clips", cfg.resolution, preset.steps, preset.guidance, cfg.seed + 2, say
-        )
+            video, prompts, folder / "clips", preset.frames, cfg.resolution, preset.steps, preset.guidance,
+            cfg.seed + 2, say,
+        )  # fmt: skip
     accelerator.wait_for_everyone()
     class_phrase = f"a photo of a {cfg.class_word}"
     made = clip_composites.make_clip_composites(
         *clip_composites.read_clips(folder / "clips"), photos.images, photos.masks, preset.locate_object,
-        class_phrase, f"a photo of a {cfg.token} {cfg.class_word}",
+        class_phrase, f"a photo of a {cfg.token} {cfg.class_word}", preset.read_motion, preset.motion_phrases,
     )  # fmt: skip
     if not made.clips:
-        raise UserError(f"the base model drew no {cfg.class_word} in every frame of its clips in {folder / 'clips'}")
+        raise UserError(
+            f"the base model drew no moving {cfg.class_word} in every frame of any clip in {folder / 'clips'}; "
+            "try more --num-clip-composites"
+        )
     if accelerator.is_main_process:
         clip_composites.write_clips(folder, made)
     say(f"fitted the subject into {len(made.clips)} of {cfg.num_clip_composites} base clips ({folder})")
@@ -548,7 +552,8 @@ def _with_masks(cfg: TrainConfig, photos: data.PhotoSet, say) -> TrainConfig:
     shares = {"composites": cfg.composites, "clip_composites": cfg.clip_composites}
     for flag, share in shares.items():
         option = "--" + flag.replace("_", "-")
-        if share and not (preset.locate_object and preset.composite_phrases):
+        readers = preset.locate_object and preset.composite_phrases and (flag == "composites" or preset.read_motion)
+        if share and not readers:
             raise UserError(
                 f"{option} needs a locator for the class object in the base model's pictures, and this "
                 f"model family has none; train without it ({option} 0)"

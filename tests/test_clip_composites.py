@@ -24,14 +24,21 @@ def cutouts(tmp_path_factory) -> Path:
     return folder
 
 
-def _plain_circle_clips(n: int, motion: str, accessory: str) -> torch.Tensor:
+def _plain_circle_clips(n: int, motion: str, accessory: str, frames: int = 16) -> torch.Tensor:
     """The world's own clips (N, F, 3, 64, 64) of plain (unstriped) circles moving as asked."""
     scenes = world.sample_scenes(n, torch.Generator().manual_seed(5))
     scenes.cls[:] = world.CLASSES.index("circle")
     scenes.accessory[:] = list(world.ACCESSORIES).index(accessory)
     scenes.background[:] = 0
     scenes.pattern[:] = False
-    return world.render_clip(scenes, torch.full((n,), world.MOTIONS.index(motion)), frames=clip_composites.FRAMES)
+    return world.render_clip(scenes, torch.full((n,), world.MOTIONS.index(motion)), frames=frames)
+
+
+def _fit(clips, captions, photos):
+    return clip_composites.make_clip_composites(
+        clips, captions, photos.images, photos.masks, scorer.object_masks, "a photo of a circle",
+        "a photo of a <new1> circle", scorer.clip_motion, presets.SHAPES.motion_phrases,
+    )  # fmt: skip
 
 
 def test_a_clip_composite_moves_the_subject_as_the_base_clip_moved(cutouts):
@@ -39,22 +46,19 @@ def test_a_clip_composite_moves_the_subject_as_the_base_clip_moved(cutouts):
     clips = list(_plain_circle_clips(3, "moving right", "wearing headphones"))
     assert not any(f.pattern for c in scorer.score_clips(torch.stack(clips)) for f in c.frames)
     empty = torch.ones_like(clips[0])  # white frames: no object, so the clip is left out
-    made = clip_composites.make_clip_composites(
-        [*clips, empty], ["a photo of a circle wearing headphones moving right"] * 4, photos.images, photos.masks,
-        scorer.object_masks, "a photo of a circle", "a photo of a <new1> circle",
-    )  # fmt: skip
+    still = _plain_circle_clips(1, "", "wearing headphones")[0]  # a clip that does not move teaches stillness
+    # The caption says the motion the clip shows, whatever its prompt asked for.
+    made = _fit([*clips, empty, still], ["a photo of a circle wearing headphones moving left"] * 5, photos)
     assert made.captions == ["a photo of a <new1> circle wearing headphones moving right"] * 3
     for clip in scorer.score_clips(torch.stack(made.clips)):
-        assert clip.motion == "moving right"
+        assert clip.motion == "moving right" and len(clip.frames) == clip_composites.FRAMES
         assert all(f.pattern and f.accessory == "wearing headphones" and f.cls == "circle" for f in clip.frames)
 
 
 def test_written_clips_read_back_frame_for_frame(cutouts, tmp_path):
     photos = data.load_photos([cutouts], 64)
-    made = clip_composites.make_clip_composites(
-        list(_plain_circle_clips(2, "moving up", "")), ["a photo of a circle moving up"] * 2, photos.images,
-        photos.masks, scorer.object_masks, "a photo of a circle", "a photo of a <new1> circle",
-    )  # fmt: skip
+    made = _fit(list(_plain_circle_clips(2, "moving up", "")), ["a photo of a circle moving up"] * 2, photos)
+    assert made.captions == ["a photo of a <new1> circle moving up"] * 2
     clip_composites.write_clips(tmp_path, made)
     clips, captions = clip_composites.read_clips(tmp_path, "clip-composite-*.png")
     assert captions == made.captions
@@ -113,13 +117,15 @@ def test_shapes_training_teaches_clip_composites(cutouts, tmp_path):
     assert cli_main(args) == 0
     settings = json.loads((out / "train_config.json").read_text())
     assert settings["clip_composites"] == 1.0 and settings["num_clip_composites"] == 4
-    assert len(list((out / "clip-composites" / "clips").glob("clip-*.png"))) == 4
+    base, _ = clip_composites.read_clips(out / "clip-composites" / "clips")
+    assert len(base) == 4 and all(len(clip) == presets.SHAPES.frames for clip in base)
     clips, captions = clip_composites.read_clips(out / "clip-composites", "clip-composite-*.png")
     assert 1 <= len(clips) <= 4
     motions = presets.SHAPES.motion_phrases
     for clip, caption in zip(clips, captions, strict=True):
         assert caption.startswith("a photo of a <new1> circle ") and caption.endswith(motions)
         assert all(f.pattern for f in scorer.score_frames(clip))  # the subject is in every frame
+        assert scorer.clip_motion(clip) != ""
 
 
 def test_clip_composites_need_a_locator_and_masks(tiny_base, dog_photos, tmp_path, capsys):

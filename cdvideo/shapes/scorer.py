@@ -386,6 +386,11 @@ def score_clip(frames: torch.Tensor | np.ndarray, expected_cls: str | None = Non
     return _clip_from_frames(score_frames(frames), expected_cls)
 
 
+def clip_motion(frames: torch.Tensor | np.ndarray) -> str:
+    """The motion phrase a clip (F, 3, H, W) in [0, 1] shows ("" when still)."""
+    return score_clip(frames).motion
+
+
 def score_clips(clips: torch.Tensor | np.ndarray, expected_cls: Sequence[str | None] | None = None) -> list[ClipScore]:
     """Score a batch of clips (N, F, 3, H, W) or (N, F, H, W, 3) with one batched pass over frames."""
     n, f = clips.shape[:2]
