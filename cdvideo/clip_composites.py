@@ -23,7 +23,7 @@ import torch
 from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
 from PIL import Image
 
-from cdvideo import composites
+from cdvideo import composites, directions, motion
 from cdvideo.atomic import atomic_path, write_text_atomic
 
 FRAMES = 8  # taught per clip, from the middle of the family's clip: half its frames, half the cost
@@ -73,20 +73,38 @@ def _share_block(block: torch.nn.Module, flat: torch.nn.Module) -> None:
 
 
 def render_base_clips(
-    pipe, prompts: list[str], folder: Path, frames: int, resolution: int, steps: int, guidance: float, seed: int, say
+    pipe,
+    prompts: list[str],
+    folder: Path,
+    frames: int,
+    resolution: int,
+    steps: int,
+    guidance: float,
+    seed: int,
+    say,
+    motion_loras: dict[str, tuple[str, float]] | None = None,
 ) -> None:
     """The base video model's clips of `prompts` (`frames` long: at fewer frames than it was trained
     on, the Shapes adapter barely moves) into `folder` as `clip-i.png` (frames side by side) with
-    `clip-i.txt`; a resumed run keeps the clips already written."""
+    `clip-i.txt`; a resumed run keeps the clips already written. A prompt whose words ask for a motion
+    in `motion_loras` (name -> (source, weight)) gets that motion LoRA, as `cdvideo animate` gives it."""
     folder.mkdir(parents=True, exist_ok=True)
     have = len(list(folder.glob("clip-*.png")))
     if have >= len(prompts):
         return
     say(f"rendering {len(prompts) - have} base clips of {frames} frames into {folder}")
     pipe.set_progress_bar_config(disable=True)
+    asked = [_asked_lora(p, motion_loras or {}) for p in prompts]
+    loaded = motion.load_motion_loras(pipe, [], [a[0] for a in asked if a[0]]) if any(a[0] for a in asked) else None
     generator = torch.Generator(pipe.device).manual_seed(seed + have)
-    for start in range(have, len(prompts), RENDER_BATCH):
-        batch = prompts[start : start + RENDER_BATCH]
+    start = have
+    while start < len(prompts):
+        end = start + 1  # a batch shares one motion LoRA
+        while end < len(prompts) and end - start < RENDER_BATCH and asked[end] == asked[start]:
+            end += 1
+        batch = prompts[start:end]
+        if loaded:
+            loaded.activate(pipe, *asked[start])
         clips = pipe(
             batch, num_frames=frames, height=resolution, width=resolution, num_inference_steps=steps,
             guidance_scale=guidance, generator=generator, output_type="pt",
@@ -95,6 +113,12 @@ def render_base_clips(
             write_text_atomic(folder / f"clip-{i:04d}.txt", prompt + "\n")
             with atomic_path(folder / f"clip-{i:04d}.png") as tmp:
                 composites.to_image(torch.cat(list(clip.float().cpu()), dim=2)).save(tmp)
+        start = end
+
+
+def _asked_lora(prompt: str, loras: dict[str, tuple[str, float]]) -> tuple[str | None, float | None]:
+    said = directions.motion_in_prompt(prompt)
+    return loras.get(said[0], (None, None)) if said else (None, None)
 
 
 def read_clips(folder: Path, pattern: str = "clip-*.png") -> tuple[list[torch.Tensor], list[str]]:
@@ -132,9 +156,7 @@ def make_clip_composites(
         start = max(0, (len(clip) - FRAMES) // 2)
         clip = clip[start : start + FRAMES]
         k = i % len(photos)
-        fitted = composites.fit_into_frames(
-            clip, locate, *composites.cut_out(photos[k], masks[k], tuple(clip.shape[2:]))
-        )
+        fitted = composites.fit_into_clip(clip, locate, *composites.cut_out(photos[k], masks[k], tuple(clip.shape[2:])))
         if fitted is None or not caption.startswith(class_phrase):
             continue
         out.clips.append(fitted)

@@ -46,14 +46,19 @@ def _box(mask: torch.Tensor) -> tuple[int, int, int, int]:
 
 
 def fit_subject(
-    scene: torch.Tensor, body: torch.Tensor, accessory: torch.Tensor, subject: torch.Tensor, alpha: torch.Tensor
+    scene: torch.Tensor,
+    body: torch.Tensor,
+    accessory: torch.Tensor,
+    subject: torch.Tensor,
+    alpha: torch.Tensor,
+    box: tuple[int, int, int, int] | None = None,
 ) -> torch.Tensor | None:
-    """`scene` (3, H, W) with the subject (3, H, W; cut-out `alpha` (H, W) in [0, 1]) scaled onto the
-    box of `body` and drawn there, never over the accessory; None when
-    the scene has no body to fit it into."""
-    if int(body.sum()) < _MIN_BODY_PIXELS or not bool((alpha > _ALPHA_CUT).any()):
+    """`scene` (3, H, W) with the subject (3, H, W; cut-out `alpha` (H, W) in [0, 1]) scaled onto
+    `box` (y0, y1, x0, x1; default: the box of `body`) and drawn there, never over the accessory; None
+    when the scene has no body to fit it into."""
+    if box is None and int(body.sum()) < _MIN_BODY_PIXELS or not bool((alpha > _ALPHA_CUT).any()):
         return None
-    y0, y1, x0, x1 = _box(body)
+    y0, y1, x0, x1 = box or _box(body)
     sy0, sy1, sx0, sx1 = _box(alpha > _ALPHA_CUT)
     cut = torch.cat([subject, alpha[None]])[:, sy0:sy1, sx0:sx1]
     fitted = F.interpolate(cut[None], size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)[0]
@@ -95,22 +100,51 @@ def cut_out(photo: Image.Image, mask: Image.Image, size: tuple[int, int]) -> tup
     return _unblend_from_white(subject, alpha), alpha
 
 
-def fit_into_frames(
-    frames: torch.Tensor, locate: Locator, subject: torch.Tensor, alpha: torch.Tensor
-) -> torch.Tensor | None:
-    """The subject fitted into each of `frames` (N, 3, H, W) where `locate` finds the class object;
-    None when any frame has none (a clip with a gap would teach the subject to vanish)."""
+def _located(frames: torch.Tensor, locate: Locator) -> tuple[torch.Tensor, torch.Tensor]:
     bodies, accessories = locate(frames)
     size = frames.shape[2:]
+    if bodies.shape[1:] != size:  # a locator that reads a fixed size: masks back at the frames'
+        bodies = F.interpolate(bodies[:, None].float(), size=size)[:, 0] > 0.5
+        accessories = F.interpolate(accessories[:, None].float(), size=size)[:, 0] > 0.5
+    return bodies, accessories
+
+
+def fit_into_image(
+    scene: torch.Tensor, locate: Locator, subject: torch.Tensor, alpha: torch.Tensor
+) -> torch.Tensor | None:
+    """The subject fitted where `locate` finds the class object in `scene` (3, H, W); None if nowhere."""
+    bodies, accessories = _located(scene[None], locate)
+    return fit_subject(scene, bodies[0], accessories[0], subject, alpha)
+
+
+_LOST = 0.4  # a frame whose object is under this share of the clip's median size lost it (flicker)
+
+
+def fit_into_clip(
+    frames: torch.Tensor, locate: Locator, subject: torch.Tensor, alpha: torch.Tensor
+) -> torch.Tensor | None:
+    """The subject fitted along the class object's path through `frames` (F, 3, H, W), at one size
+    (the median of the object's boxes), so it neither flickers nor changes size where the locator
+    loses the object for a frame; there its place is interpolated from the frames around. None when
+    the object is found in fewer than half the frames."""
+    bodies, accessories = _located(frames, locate)
+    areas = bodies.flatten(1).sum(1).float()
+    found = areas >= max(_MIN_BODY_PIXELS, _LOST * float(areas.median()))
+    if int(found.sum()) * 2 < len(frames):
+        return None
+    boxes = torch.tensor([_box(b) if ok else (0, 0, 0, 0) for b, ok in zip(bodies, found, strict=True)]).float()
+    height = float((boxes[found, 1] - boxes[found, 0]).median())
+    width = float((boxes[found, 3] - boxes[found, 2]).median())
+    t = np.arange(len(frames))
+    centre_y = np.interp(t, t[found.numpy()], ((boxes[found, 0] + boxes[found, 1]) / 2).numpy())
+    centre_x = np.interp(t, t[found.numpy()], ((boxes[found, 2] + boxes[found, 3]) / 2).numpy())
+    size_y, size_x = frames.shape[2:]
     fitted = []
-    for scene, body, accessory in zip(frames, bodies, accessories, strict=True):
-        if body.shape != size:  # a locator that reads a fixed size: masks back at the scene's
-            body = F.interpolate(body[None, None].float(), size=size)[0, 0] > 0.5
-            accessory = F.interpolate(accessory[None, None].float(), size=size)[0, 0] > 0.5
-        frame = fit_subject(scene, body, accessory, subject, alpha)
-        if frame is None:
-            return None
-        fitted.append(frame)
+    for i, (scene, body, accessory) in enumerate(zip(frames, bodies, accessories, strict=True)):
+        y0 = int(round(min(max(centre_y[i] - height / 2, 0), size_y - height)))
+        x0 = int(round(min(max(centre_x[i] - width / 2, 0), size_x - width)))
+        box = (y0, y0 + int(round(height)), x0, x0 + int(round(width)))
+        fitted.append(fit_subject(scene, body, accessory, subject, alpha, box))
     return torch.stack(fitted)
 
 
@@ -135,10 +169,10 @@ def make_composites(
     for i, (scene, caption) in enumerate(zip(scenes, scene_captions, strict=True)):
         pixels = _tensor(scene.convert("RGB"))
         k = i % len(photos)
-        fitted = fit_into_frames(pixels[None], locate, *cut_out(photos[k], masks[k], tuple(pixels.shape[1:])))
+        fitted = fit_into_image(pixels, locate, *cut_out(photos[k], masks[k], tuple(pixels.shape[1:])))
         if fitted is None or not caption.startswith(class_phrase):
             continue
-        out.images.append(to_image(fitted[0]))
+        out.images.append(to_image(fitted))
         out.captions.append(concept_phrase + caption[len(class_phrase) :])
         out.scenes.append(scene)
         out.scene_captions.append(caption)

@@ -23,7 +23,18 @@ from diffusers import DDPMScheduler
 from peft import LoraConfig
 from tqdm.auto import tqdm
 
-from cdvideo import checkpoints, clip_composites, composites, data, loading, memory, presets, scaleout, tracking
+from cdvideo import (
+    checkpoints,
+    clip_composites,
+    composites,
+    data,
+    directions,
+    loading,
+    memory,
+    presets,
+    scaleout,
+    tracking,
+)
 from cdvideo.atomic import atomic_path, ensure_writable_dir, write_json_atomic, write_text_atomic
 from cdvideo.concept import Concept, save_concept, save_photos
 from cdvideo.errors import UserError
@@ -296,7 +307,7 @@ def _clip_composites(cfg: TrainConfig, pipe, photos: data.PhotoSet, out: Path, a
         )
         clip_composites.render_base_clips(
             video, prompts, folder / "clips", preset.frames, cfg.resolution, preset.steps, preset.guidance,
-            cfg.seed + 2, say,
+            cfg.seed + 2, say, directions.family_loras(preset.name),
         )  # fmt: skip
     accelerator.wait_for_everyone()
     class_phrase = f"a photo of a {cfg.class_word}"
