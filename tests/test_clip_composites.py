@@ -126,19 +126,3 @@ def test_shapes_training_teaches_clip_composites(cutouts, tmp_path):
         assert caption.startswith("a photo of a <new1> circle ") and caption.endswith(motions)
         assert all(f.pattern for f in scorer.score_frames(clip))  # the subject is in every frame
         assert scorer.clip_motion(clip) != ""
-
-
-def test_clip_composites_need_a_locator_and_masks(tiny_base, dog_photos, tmp_path, capsys):
-    from conftest import cli_train_args
-
-    code = cli_main(cli_train_args(tiny_base, dog_photos, tmp_path / "c", "--clip-composites", "1"))
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "locator" in err[0] and "--clip-composites 0" in err[0]
-    args = ["train", str(dog_photos), "--class-word", "circle", "--base", "shapes", "--output", str(tmp_path / "d"),
-            "--steps", "1", "--prior-weight", "0", "--clip-composites", "1"]  # fmt: skip
-    assert cli_main(args) == 0
-    assert "clip composites are off" in capsys.readouterr().out
-    assert json.loads((tmp_path / "d" / "train_config.json").read_text())["clip_composites"] == 0.0
-    code = cli_main([*args[:-2], "--clip-composites", "-1"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "--clip-composites" in err[0]

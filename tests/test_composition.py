@@ -212,16 +212,24 @@ def test_shapes_training_fits_the_subject_into_scenes(cutouts, tmp_path):
         assert caption.with_suffix(".png").is_file()
 
 
-def test_composites_need_a_locator_and_masks(tiny_base, dog_photos, tmp_path, capsys):
-    code = cli_main(cli_train_args(tiny_base, dog_photos, tmp_path / "c", "--composites", "0.5"))
+@pytest.mark.parametrize(
+    ("flag", "field", "what"),
+    [("--composites", "composites", "scene composites"), ("--clip-composites", "clip_composites", "clip composites")],
+)
+def test_composites_need_a_locator_and_masks(tiny_base, dog_photos, tmp_path, capsys, flag, field, what):
+    code = cli_main(cli_train_args(tiny_base, dog_photos, tmp_path / "c", flag, "0.5"))
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "locator" in err[0] and "--composites 0" in err[0]
+    assert code == 2 and len(err) == 1 and "locator" in err[0] and f"{flag} 0" in err[0]
     # On Shapes, photos without transparency turn them off, say so and record it.
     args = ["train", str(dog_photos), "--class-word", "circle", "--base", "shapes", "--output", str(tmp_path / "d"),
-            "--steps", "1", "--prior-weight", "0", "--composites", "0.5"]  # fmt: skip
+            "--steps", "1", "--prior-weight", "0", flag, "0.5"]  # fmt: skip
     assert cli_main(args) == 0
-    assert "scene composites are off" in capsys.readouterr().out
-    assert json.loads((tmp_path / "d" / "train_config.json").read_text())["composites"] == 0.0
+    assert f"{what} are off" in capsys.readouterr().out
+    assert json.loads((tmp_path / "d" / "train_config.json").read_text())[field] == 0.0
+    # Out of range: one line naming the option.
+    assert cli_main([*args[:-1], "-1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and flag in err[0]
 
 
 def test_a_soft_edged_cutout_leaves_no_pale_rim_on_a_dark_scene(tmp_path):
