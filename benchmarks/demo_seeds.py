@@ -10,6 +10,7 @@ run in at most 2 minutes) are read off this table.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shlex
@@ -58,7 +59,14 @@ def main() -> None:
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     composed = moved = 0
     for seed in args.seeds:
-        wall, card = run_demo(seed, args.work / f"seed-{seed}", args.recipe)
+        # Each seed's result is kept beside its run, so seeds can run as separate jobs (one per core)
+        # and a last call with every seed writes the table.
+        kept = args.work / f"seed-{seed}.json"
+        if kept.is_file():
+            wall, card = json.loads(kept.read_text())
+        else:
+            wall, card = run_demo(seed, args.work / f"seed-{seed}", args.recipe)
+            write_text_atomic(kept, json.dumps([wall, card]))
         subject_ok, motion_ok = verdict(card)
         composed, moved = composed + subject_ok, moved + motion_ok
         lines.append(f"| {seed} | {wall // 60:.0f}:{wall % 60:02.0f} | {card['subject pattern (frames)'][0]} "

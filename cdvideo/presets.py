@@ -236,8 +236,10 @@ CLASSDIFFUSION = Recipe(
 # leaves out conv1/conv2 (text-independent: they shift every prompt's colours). The token row learns at
 # 1e-3, not the family's 5e-3: at 5e-3 it drifted far from the class and one training seed in four lost
 # the subject (demo seed 2: stripes in 0.56 of "a <tok> circle"; at 1e-3 1.00 on seeds 0-3, 16
-# samples; stripes in 0.88-1.00 of "... wearing headphones"). Needs a family with a subject locator
-# (Shapes); elsewhere --composites says so.
+# samples; stripes in 0.88-1.00 of "... wearing headphones"). Clip composites at weight 4 teach the
+# subject through the motion modules on the base model's moving clips: trained on stills alone, the
+# recipe's clips jittered and froze (docs/composition/, "Clip composites"). Needs a family with a
+# subject locator (Shapes); elsewhere --composites says so.
 COMPOSITES = Recipe(
     name="composites",
     settings={
@@ -247,6 +249,7 @@ COMPOSITES = Recipe(
         "prior_weight": 3.0,
         "lora_targets": ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out"],
         "token_lr": 1e-3,
+        "clip_composites": 4.0,
     },
 )
 RECIPES = {recipe.name: recipe for recipe in (CLASSDIFFUSION, COMPOSITES)}

@@ -170,12 +170,13 @@ def test_unknown_recipe_and_bad_pooling_get_one_clear_line(tiny_base, dog_photos
 
 def test_composites_recipe_fills_the_shapes_settings_it_was_measured_at_and_options_still_win():
     cfg = cdvideo.TrainConfig(images=["x"], class_word="circle", base="shapes", recipe="composites").resolved()
-    assert (cfg.composites, cfg.steps, cfg.prior_target, cfg.prior_weight, cfg.token_lr) == (
+    assert (cfg.composites, cfg.steps, cfg.prior_target, cfg.prior_weight, cfg.token_lr, cfg.clip_composites) == (
         0.5,
         300,
         "base",
         3.0,
         1e-3,
+        4.0,
     )
     assert set(cfg.lora_targets) == {"to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out"}  # no convs
     assert (
