@@ -45,6 +45,7 @@ def test_demo_with_the_composites_recipe_draws_the_subject_with_its_headphones(t
     assert result.returncode == 0, result.stderr[-2000:]
     assert "300 steps" in result.stdout
     assert list((out / "concept" / "composites").glob("*.png"))
+    assert list((out / "concept" / "clip-composites").glob("clip-composite-*.png"))  # taught through the motion modules
     card = {line[:28].strip(): line[28:].split() for line in result.stdout.splitlines() if line.startswith("  ")}
     with_concept, without = (int(v.rstrip("%")) for v in card["subject pattern (frames)"])
     # Seed 0 at the shipped default shows the stripes in 6% of frames; the recipe in 88%
