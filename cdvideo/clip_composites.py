@@ -125,7 +125,7 @@ def read_clips(folder: Path, pattern: str = "clip-*.png") -> tuple[list[torch.Te
     """Clips written as frames side by side (square frames), with their `.txt` captions."""
     clips, captions = [], []
     for path in sorted(folder.glob(pattern)):
-        strip = composites._tensor(Image.open(path).convert("RGB"))
+        strip = composites.to_tensor(Image.open(path).convert("RGB"))
         size = strip.shape[1]
         clips.append(torch.stack(strip.split(size, dim=2)))
         captions.append(path.with_suffix(".txt").read_text(encoding="utf-8").strip())

@@ -86,14 +86,15 @@ def _backdrop(scene: torch.Tensor) -> torch.Tensor:
     return border.median(dim=1).values
 
 
-def _tensor(image: Image.Image) -> torch.Tensor:
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """An RGB image (3, H, W) or a mask (H, W) in [0, 1]."""
     array = np.asarray(image, dtype=np.float32) / 255.0
     return torch.from_numpy(array).permute(2, 0, 1) if array.ndim == 3 else torch.from_numpy(array)
 
 
 def cut_out(photo: Image.Image, mask: Image.Image, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """The photo's subject (3, H, W) in its own colours and its alpha (H, W), at `size`."""
-    subject, alpha = _tensor(photo.convert("RGB")), _tensor(mask)
+    subject, alpha = to_tensor(photo.convert("RGB")), to_tensor(mask)
     if subject.shape[1:] != size:
         subject = F.interpolate(subject[None], size=size, mode="bilinear", align_corners=False)[0]
         alpha = F.interpolate(alpha[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
@@ -167,7 +168,7 @@ def make_composites(
     `concept_phrase`. Scenes with no object to fit into are left out."""
     out = Composites([], [], [], [])
     for i, (scene, caption) in enumerate(zip(scenes, scene_captions, strict=True)):
-        pixels = _tensor(scene.convert("RGB"))
+        pixels = to_tensor(scene.convert("RGB"))
         k = i % len(photos)
         fitted = fit_into_image(pixels, locate, *cut_out(photos[k], masks[k], tuple(pixels.shape[1:])))
         if fitted is None or not caption.startswith(class_phrase):
