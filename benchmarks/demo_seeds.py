@@ -21,16 +21,22 @@ from pathlib import Path
 
 from cdvideo.atomic import write_text_atomic
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from composition_bars import parse_overrides  # noqa: E402
+
 ROW = re.compile(r"^  (subject pattern \(frames\)|class|accessory|motion correct|motion)\s{2,}(\S.*?)\s{2,}(\S.*)$")
 
 
-def run_demo(seed: int, folder: Path, recipe: str | None = None) -> tuple[float, dict]:
+def run_demo(seed: int, folder: Path, recipe: str | None = None, settings: dict | None = None) -> tuple[float, dict]:
+    if settings:  # no command-line flag takes training settings: the Python API does
+        call = (f"import cdvideo; cdvideo.demo(output={str(folder)!r}, seed={seed}, recipe={recipe!r}, "
+                f"train_settings={settings!r})")  # fmt: skip
+        command = [sys.executable, "-c", call]
+    else:
+        command = [sys.executable, "-m", "cdvideo.cli", "demo", "--seed", str(seed), "--output", str(folder),
+                   *(["--recipe", recipe] if recipe else [])]  # fmt: skip
     start = time.time()
-    result = subprocess.run(
-        [sys.executable, "-m", "cdvideo.cli", "demo", "--seed", str(seed), "--output", str(folder),
-         *(["--recipe", recipe] if recipe else [])],
-        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     wall = time.time() - start
     if result.returncode:
         sys.exit(f"demo seed {seed} failed: {result.stderr.strip().splitlines()[-1:]}")
@@ -54,7 +60,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("runs/demo-seeds"))
     parser.add_argument("--out", type=Path, help="markdown table to write")
     parser.add_argument("--recipe", help="the demo's --recipe")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="training settings over the recipe's")
     args = parser.parse_args()
+    settings = parse_overrides(args.set)
     lines = ["| seed | wall | stripes (frames) | accessory | motion | subject + headphones | motion right |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     composed = moved = 0
@@ -65,7 +73,7 @@ def main() -> None:
         if kept.is_file():
             wall, card = json.loads(kept.read_text())
         else:
-            wall, card = run_demo(seed, args.work / f"seed-{seed}", args.recipe)
+            wall, card = run_demo(seed, args.work / f"seed-{seed}", args.recipe, settings)
             write_text_atomic(kept, json.dumps([wall, card]))
         subject_ok, motion_ok = verdict(card)
         composed, moved = composed + subject_ok, moved + motion_ok

@@ -49,8 +49,14 @@ def scorecard(frames: np.ndarray, expected_motion: str = "moving right") -> dict
 
 
 def demo(
-    output: str = "cdvideo-demo", seed: int = 0, recipe: str | None = None, say: Callable[[str], None] = print
+    output: str = "cdvideo-demo",
+    seed: int = 0,
+    recipe: str | None = None,
+    say: Callable[[str], None] = print,
+    train_settings: dict | None = None,
 ) -> dict:
+    """Train the demo subject's concept, render the headline prompt with and without it, and score both.
+    `train_settings` (TrainConfig fields) override the family's and the recipe's training settings."""
     out = ensure_writable_dir(Path(output))
     photos = out / "photos"
     write_subject_photos(photos, seed=seed)
@@ -63,6 +69,7 @@ def demo(
             output=str(out / "concept"),
             seed=seed,
             recipe=recipe,
+            **(train_settings or {}),
         ),  # fmt: skip
         say=say,
     )

@@ -42,12 +42,19 @@ def _load_arguments(source: str) -> tuple[str, dict]:
 
 
 def _load(pipe, source: str, name: str) -> None:
+    from diffusers.utils import logging as diffusers_logging
+
     location, kwargs = _load_arguments(source)
+    # A motion LoRA holds no text-encoder keys by design; diffusers warns about that on every load.
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
     try:
         pipe.load_lora_weights(location, adapter_name=name, use_safetensors=True, **kwargs)
     except (OSError, ValueError, KeyError) as err:
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise UserError(f"could not load motion LoRA '{source}': {first}") from err
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
 
 
 @dataclass

@@ -4,6 +4,7 @@ motion modules (cdvideo/clip_composites.py)."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 from diffusers import DDPMScheduler, UNetMotionModel
 from peft import LoraConfig
 
+import cdvideo
 from cdvideo import clip_composites, data, loading, presets
 from cdvideo.cli import main as cli_main
 from cdvideo.demo import write_subject_photos
@@ -126,3 +128,35 @@ def test_shapes_training_teaches_clip_composites(cutouts, tmp_path):
         assert caption.startswith("a photo of a <new1> circle ") and caption.endswith(motions)
         assert all(f.pattern for f in scorer.score_frames(clip))  # the subject is in every frame
         assert scorer.clip_motion(clip) != ""
+
+
+def test_the_clip_term_beside_the_image_batch_trains_the_same_concept(cutouts, tmp_path):
+    """With two threads the clip composites' loss runs in a second thread beside the image batch; the
+    concept it trains is the one the in-line step (one thread) trains from the same draws."""
+    from safetensors.torch import load_file
+
+    def run(threads: int, out: Path) -> tuple[list[str], dict]:
+        said = []
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            cdvideo.train(
+                cdvideo.TrainConfig(images=[str(cutouts)], class_word="circle", base="shapes", output=str(out),
+                                    steps=4, prior_weight=0.0, clip_composites=1.0, num_clip_composites=2),
+                say=said.append,
+            )  # fmt: skip
+            assert torch.get_num_threads() == threads  # given back after training
+        finally:
+            torch.set_num_threads(before)
+        weights = load_file(out / "pytorch_lora_weights.safetensors") | load_file(out / "learned_embeds.safetensors")
+        return said, weights
+
+    said_beside, beside = run(2, tmp_path / "beside")
+    shutil.copytree(tmp_path / "beside" / "clip-composites", tmp_path / "inline" / "clip-composites")
+    said_inline, inline = run(1, tmp_path / "inline")
+    note = "clip composites: each step's clip runs beside the image batch, one thread each"
+    assert note in said_beside and note not in said_inline
+    # lora_B starts at zero: its norm is what training wrote; the two runs differ by float order only.
+    apart = sum((beside[k].float() - inline[k].float()).norm() ** 2 for k in beside) ** 0.5
+    learned = sum(beside[k].float().norm() ** 2 for k in beside if "lora_B" in k) ** 0.5
+    assert learned > 0 and apart / learned < 0.02
