@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cdvideo.atomic import destination_full
 from cdvideo.errors import UserError
-from cdvideo.presets import RECIPES, SAMPLERS
+from cdvideo.presets import DEMO_RECIPE, RECIPES, SAMPLERS
 
 
 def _train_parser(sub) -> None:
@@ -233,7 +233,13 @@ def _demo_parser(sub) -> None:
     p = sub.add_parser("demo", help="offline end-to-end demo on the embedded Shapes model")
     p.add_argument("--output", default="cdvideo-demo")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--recipe", choices=sorted(RECIPES), help="train the demo's concept with this recipe (see train)")
+    p.add_argument(
+        "--recipe",
+        choices=[*sorted(RECIPES), "none"],
+        default=DEMO_RECIPE,
+        help=f"train the demo's concept with this recipe (see train; default {DEMO_RECIPE}); none: the family's "
+        "plain defaults, faster, with the subject's pattern only in the bare prompt",
+    )
 
 
 def _ui_parser(sub) -> None:
@@ -319,7 +325,7 @@ def _run(args: argparse.Namespace) -> None:
 
         evaluate(EvalConfig(**values))
     elif args.command == "demo":
-        cdvideo.demo(output=args.output, seed=args.seed, recipe=args.recipe)
+        cdvideo.demo(output=args.output, seed=args.seed, recipe=None if args.recipe == "none" else args.recipe)
     elif args.command == "ui":
         from cdvideo.ui import launch
 

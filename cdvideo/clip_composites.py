@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -196,52 +195,3 @@ def clip_loss(
     hidden = encode(ids[pick]).repeat_interleave(latents.shape[2], dim=0)  # per frame, as the pipeline does
     prediction = motion_unet(noisy, timestep, hidden).sample
     return torch.nn.functional.mse_loss(prediction.float(), target(latents, noise, timestep).float())
-
-
-class ClipTerm:
-    """The clip composites' share of each training step: a clip's weighted loss and its backward.
-
-    On a CPU with two or more threads it runs in a second thread beside the image batch, one thread
-    each: the two halves cost about the same, and the model's small convolutions and attention leave
-    a second core mostly idle when one process spreads its ops over both. Its draws come from a
-    generator seeded by (seed, step), so a resumed run draws the same clips, and the image batch's
-    draws are the same with or without it. `start` must come after the batch's base-model (LoRA
-    off) pass: the LoRA layers are shared and must stay on until `finish`."""
-
-    def __init__(self, weight: float, loss: Callable[[torch.Generator], torch.Tensor], backward, seed: int,
-                 device: torch.device, side_by_side: bool) -> None:  # fmt: skip
-        self.weight, self.loss, self.backward, self.seed, self.device = weight, loss, backward, seed, device
-        self.side_by_side = side_by_side
-        self._pool = self._pending = self._threads = None
-
-    def __enter__(self) -> ClipTerm:
-        if self.side_by_side:
-            self._threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="clip-term")
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            torch.set_num_threads(self._threads)
-            self._pool = None
-
-    def start(self, step: int) -> None:
-        if self._pool is not None:
-            self._pending = self._pool.submit(self._run, step)
-
-    def finish(self, step: int) -> torch.Tensor:
-        """The weighted clip loss (detached), its gradient already added to the trained weights'."""
-        if self._pending is None:
-            return self._run(step)
-        pending, self._pending = self._pending, None
-        return pending.result()
-
-    def _run(self, step: int) -> torch.Tensor:
-        if self._pool is not None:
-            torch.set_num_threads(1)  # this thread's own OpenMP setting
-        generator = torch.Generator(self.device).manual_seed(self.seed * 1_000_003 + step)
-        loss = self.weight * self.loss(generator)
-        self.backward(loss)
-        return loss.detach()

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from cdvideo.atomic import atomic_path, ensure_writable_dir
+from cdvideo.presets import DEMO_RECIPE
 from cdvideo.rendering import AnimateConfig, animate
 from cdvideo.training import TrainConfig, train
 
@@ -51,12 +52,13 @@ def scorecard(frames: np.ndarray, expected_motion: str = "moving right") -> dict
 def demo(
     output: str = "cdvideo-demo",
     seed: int = 0,
-    recipe: str | None = None,
+    recipe: str | None = DEMO_RECIPE,
     say: Callable[[str], None] = print,
     train_settings: dict | None = None,
 ) -> dict:
     """Train the demo subject's concept, render the headline prompt with and without it, and score both.
-    `train_settings` (TrainConfig fields) override the family's and the recipe's training settings."""
+    `recipe` None trains at the family's plain defaults; `train_settings` (TrainConfig fields) override
+    the family's and the recipe's settings."""
     out = ensure_writable_dir(Path(output))
     photos = out / "photos"
     write_subject_photos(photos, seed=seed)

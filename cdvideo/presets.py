@@ -253,6 +253,9 @@ COMPOSITES = Recipe(
     },
 )
 RECIPES = {recipe.name: recipe for recipe in (CLASSDIFFUSION, COMPOSITES)}
+# `cdvideo demo` trains with it: the family's plain defaults keep the subject's pattern only in the bare
+# prompt, the composites recipe beside the headphones and in motion (docs/demo_seeds.md).
+DEMO_RECIPE = "composites"
 
 
 def apply_recipe(values: dict, processes: int) -> dict:

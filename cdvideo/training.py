@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -454,11 +453,10 @@ def _base_predictions(unet, noisy, timesteps, taught: list[tuple[torch.Tensor, t
         return unet(noisy[rows], timesteps[rows], torch.cat([h for _, h in taught])).sample.float()
 
 
-def _batch_loss(cfg, batch, unet, text_encoder, noise_scheduler, generator, scaling_factor, before_student=None):
+def _batch_loss(cfg, batch, unet, text_encoder, noise_scheduler, generator, scaling_factor):
     """One batch of the ClassDiffusion objective; returns (loss, its parts, the concept's EOS features).
 
-    SPL reads both phrases at `cfg.spl_pooling`; the `cosine` part (the drift) is at the EOS either way.
-    `before_student()` is called once the base model's (LoRA off) pass is done."""
+    SPL reads both phrases at `cfg.spl_pooling`; the `cosine` part (the drift) is at the EOS either way."""
     instance_mean, instance_std = batch["instance"]
     device = instance_mean.device
     picks = torch.randint(len(instance_mean), (cfg.batch_size,), generator=generator, device=device)
@@ -504,8 +502,6 @@ def _batch_loss(cfg, batch, unet, text_encoder, noise_scheduler, generator, scal
     if batch["class"] is not None and cfg.prior_target == "base":
         taught.append((torch.arange(cfg.batch_size, len(latents), device=device), hidden[cfg.batch_size :]))
     teacher = _base_predictions(unet, noisy, timesteps, taught)
-    if before_student:
-        before_student()
     prediction = unet(noisy, timesteps, hidden).sample
     target = _diffusion_target(noise_scheduler, latents, noise, timesteps)
     errors = F.mse_loss(prediction.float(), target.float(), reduction="none")
@@ -783,53 +779,52 @@ def train(
     validate_at = _validation_hook(cfg, pipe, out) if cfg.validate_every and main else None
     bar = tqdm(total=cfg.steps, initial=state.step, desc="train", disable=not (progress and main))
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
-    clip_term = _clip_term(cfg, clips, motion_unet, ddp_text_encoder, noise_scheduler, vae, accelerator, say)
-    with clip_term or nullcontext():
-        for step in range(state.step, cfg.steps):
-            for micro in range(cfg.gradient_accumulation):
-                with accelerator.accumulate(ddp_unet, ddp_text_encoder), accelerator.autocast():
-                    draw = step * cfg.gradient_accumulation + micro
-                    loss, parts, _ = _batch_loss(
-                        cfg, batch, ddp_unet, ddp_text_encoder, noise_scheduler, generator, vae.config.scaling_factor,
-                        before_student=partial(clip_term.start, draw) if clip_term else None,
-                    )  # fmt: skip
-                    accelerator.backward(loss)
-                    if clip_term:
-                        loss = loss.detach() + clip_term.finish(draw)
-                    if after_backward and accelerator.sync_gradients:
-                        after_backward(models)
-                    if cfg.max_grad_norm and accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_([*unet_weights.params, embeddings], cfg.max_grad_norm)
-                    optimizer.step()  # a no-op until the accumulation is complete
-                    optimizer.zero_grad(set_to_none=True)
-                nonfinite |= ~torch.isfinite(loss)  # checked when we sync anyway: logging and checkpoints
-            if log:
-                log.add(step + 1, parts["mse"], parts["spl"], parts["prior"], parts["cosine"])
-            bar.update(1)
-            due_checkpoint = cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps
-            due_log = (step + 1) % LOG_EVERY == 0 or step + 1 == cfg.steps or step == 0
-            if due_checkpoint:
-                # A finite loss can still come with a non-finite update: never checkpoint broken weights.
-                nonfinite |= _weights_nonfinite(optimizer)
-            if (due_log or due_checkpoint) and bool(nonfinite):
-                raise UserError(_nonfinite_message(step + 1, checkpoints.latest(out)))
-            if due_log and log:
-                record = log.flush()
-                bar.set_postfix(mse=f"{record['mse']:.4f}", spl=f"{record['spl']:.4f}", cos=f"{record['cosine']:.3f}")
-            if due_checkpoint and main:
-                checkpoints.save(
-                    out,
-                    step + 1,
-                    unet_weights.state(),
-                    embeddings[token_id],
-                    optimizer,
-                    generator,
-                    cfg.keep_checkpoints,
-                    write_run_files,
+    for step in range(state.step, cfg.steps):
+        for micro in range(cfg.gradient_accumulation):
+            with accelerator.accumulate(ddp_unet, ddp_text_encoder), accelerator.autocast():
+                loss, parts, _ = _batch_loss(
+                    cfg, batch, ddp_unet, ddp_text_encoder, noise_scheduler, generator, vae.config.scaling_factor
                 )
-            if validate_at and ((step + 1) % cfg.validate_every == 0 or step + 1 == cfg.steps):
-                with accelerator.autocast():  # frozen weights may be in half precision
-                    validate_at(step + 1)
+                if clips is not None:
+                    draw = _clip_generator(cfg, step * cfg.gradient_accumulation + micro, device)
+                    loss = loss + cfg.clip_composites * _clip_loss(
+                        motion_unet, ddp_text_encoder, clips, noise_scheduler, draw, vae.config.scaling_factor
+                    )
+                accelerator.backward(loss)
+                if after_backward and accelerator.sync_gradients:
+                    after_backward(models)
+                if cfg.max_grad_norm and accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_([*unet_weights.params, embeddings], cfg.max_grad_norm)
+                optimizer.step()  # a no-op until the accumulation is complete
+                optimizer.zero_grad(set_to_none=True)
+            nonfinite |= ~torch.isfinite(loss)  # checked when we sync anyway: logging and checkpoints
+        if log:
+            log.add(step + 1, parts["mse"], parts["spl"], parts["prior"], parts["cosine"])
+        bar.update(1)
+        due_checkpoint = cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps
+        due_log = (step + 1) % LOG_EVERY == 0 or step + 1 == cfg.steps or step == 0
+        if due_checkpoint:
+            # A finite loss can still come with a non-finite update: never checkpoint broken weights.
+            nonfinite |= _weights_nonfinite(optimizer)
+        if (due_log or due_checkpoint) and bool(nonfinite):
+            raise UserError(_nonfinite_message(step + 1, checkpoints.latest(out)))
+        if due_log and log:
+            record = log.flush()
+            bar.set_postfix(mse=f"{record['mse']:.4f}", spl=f"{record['spl']:.4f}", cos=f"{record['cosine']:.3f}")
+        if due_checkpoint and main:
+            checkpoints.save(
+                out,
+                step + 1,
+                unet_weights.state(),
+                embeddings[token_id],
+                optimizer,
+                generator,
+                cfg.keep_checkpoints,
+                write_run_files,
+            )
+        if validate_at and ((step + 1) % cfg.validate_every == 0 or step + 1 == cfg.steps):
+            with accelerator.autocast():  # frozen weights may be in half precision
+                validate_at(step + 1)
     bar.close()
     if bool(_weights_nonfinite(optimizer)):  # the last update, which no loss has seen yet
         raise UserError(_nonfinite_message(cfg.steps, checkpoints.latest(out)))
@@ -867,29 +862,18 @@ def _resumed(cfg: TrainConfig, out: Path, unet_weights, embeddings, token_id: in
     return state
 
 
-def _clip_term(cfg, clips, motion_unet, text_encoder, noise_scheduler, vae, accelerator, say):
-    """Each step's clip-composite loss (cdvideo/clip_composites.py), or None without clip composites.
-
-    Beside the image batch in a second thread where that is safe and pays: one process on a CPU with
-    two or more threads, no autocast (its state is per thread)."""
-    if clips is None:
-        return None
-    side_by_side = (
-        accelerator.device.type == "cpu" and accelerator.num_processes == 1 and cfg.mixed_precision == "no"
-        and torch.get_num_threads() >= 2
+def _clip_loss(motion_unet, text_encoder, clips, noise_scheduler, generator, scaling_factor) -> torch.Tensor:
+    """One clip composite's diffusion loss through the motion modules (cdvideo/clip_composites.py)."""
+    return clip_composites.clip_loss(
+        motion_unet, lambda ids: text_encoder(ids)[0], clips, noise_scheduler,
+        lambda *x: _diffusion_target(noise_scheduler, *x), generator, scaling_factor,
     )  # fmt: skip
-    if side_by_side:
-        say("clip composites: each step's clip runs beside the image batch, one thread each")
 
-    def loss(generator: torch.Generator) -> torch.Tensor:
-        return clip_composites.clip_loss(
-            motion_unet, lambda ids: text_encoder(ids)[0], clips, noise_scheduler,
-            lambda *x: _diffusion_target(noise_scheduler, *x), generator, vae.config.scaling_factor,
-        )  # fmt: skip
 
-    return clip_composites.ClipTerm(
-        cfg.clip_composites, loss, accelerator.backward, cfg.seed, accelerator.device, side_by_side
-    )
+def _clip_generator(cfg: TrainConfig, draw: int, device) -> torch.Generator:
+    """The clip composites' draws of one step: seeded by (seed, step), so a resumed run draws the same
+    clips and the image batch draws the same with clip composites on or off."""
+    return torch.Generator(device).manual_seed(cfg.seed * 1_000_003 + draw)
 
 
 def _silent(message: str) -> None:

@@ -12,10 +12,10 @@ from cdvideo.videofiles import video_info
 
 
 @pytest.mark.slow
-def test_demo_runs_offline_and_prints_a_scorecard(tmp_path):
+def test_demo_at_the_family_defaults_runs_offline_and_prints_a_scorecard(tmp_path):
     out = tmp_path / "demo"
     result = subprocess.run(
-        [sys.executable, "-m", "cdvideo.cli", "demo", "--output", str(out)],
+        [sys.executable, "-m", "cdvideo.cli", "demo", "--output", str(out), "--recipe", "none"],
         capture_output=True,
         text=True,
         timeout=1200,
@@ -24,6 +24,7 @@ def test_demo_runs_offline_and_prints_a_scorecard(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "scorecard" in result.stdout and "concept-class cosine" in result.stdout
     assert "prompt: a <new1> circle wearing headphones moving right" in result.stdout
+    assert "150 steps" in result.stdout and not (out / "concept" / "clip-composites").exists()
     # "moving right" applies the shipped Shapes motion LoRA, and the render says so.
     assert "| motion right (camera pan-left; from the prompt): " in result.stdout
     for folder in ("with-concept", "without-concept"):
@@ -33,10 +34,11 @@ def test_demo_runs_offline_and_prints_a_scorecard(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_with_the_composites_recipe_draws_the_subject_with_its_headphones(tmp_path):
+def test_the_demo_draws_the_subject_with_its_headphones(tmp_path):
+    """No arguments but the output folder: the demo trains with the composites recipe."""
     out = tmp_path / "demo"
     result = subprocess.run(
-        [sys.executable, "-m", "cdvideo.cli", "demo", "--output", str(out), "--recipe", "composites"],
+        [sys.executable, "-m", "cdvideo.cli", "demo", "--output", str(out)],
         capture_output=True,
         text=True,
         timeout=1800,
@@ -48,7 +50,7 @@ def test_demo_with_the_composites_recipe_draws_the_subject_with_its_headphones(t
     assert list((out / "concept" / "clip-composites").glob("clip-composite-*.png"))  # taught through the motion modules
     card = {line[:28].strip(): line[28:].split() for line in result.stdout.splitlines() if line.startswith("  ")}
     with_concept, without = (int(v.rstrip("%")) for v in card["subject pattern (frames)"])
-    # Seed 0 at the shipped default shows the stripes in 6% of frames; the recipe in 88%
-    # (docs/demo_seeds_composites.md; 62% before its token row learned at 1e-3).
+    # Seed 0 at the family's plain defaults shows the stripes in 6% of frames; the recipe in 81%
+    # (docs/demo_seeds.md).
     assert with_concept >= 50 and without == 0
     assert card["accessory"][:2] == ["wearing", "headphones"]
