@@ -7,6 +7,7 @@ The concept's LoRA names exact spatial module paths, so the two never touch the 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,11 +46,14 @@ def _load(pipe, source: str, name: str) -> None:
     from diffusers.utils import logging as diffusers_logging
 
     location, kwargs = _load_arguments(source)
-    # A motion LoRA holds no text-encoder keys by design; diffusers warns about that on every load.
+    # A motion LoRA holds no text-encoder keys by design, and several adapters on one UNet are the
+    # point: diffusers and peft warn about both on every load.
     verbosity = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()
     try:
-        pipe.load_lora_weights(location, adapter_name=name, use_safetensors=True, **kwargs)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+            pipe.load_lora_weights(location, adapter_name=name, use_safetensors=True, **kwargs)
     except (OSError, ValueError, KeyError) as err:
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise UserError(f"could not load motion LoRA '{source}': {first}") from err

@@ -228,6 +228,34 @@ def test_a_shipped_shapes_motion_lora_loads_in_stock_diffusers_and_is_applied_by
     }  # fmt: skip
 
 
+def test_loading_every_shipped_motion_lora_on_one_pipeline_is_quiet():
+    """Several motion LoRAs on one UNet (clip composites load one per motion) are the point, and none
+    has text-encoder keys: neither diffusers nor peft may warn the user about it."""
+    import warnings
+
+    from diffusers import AnimateDiffPipeline, MotionAdapter
+
+    from cdvideo import motion
+    from cdvideo.shapes import models
+
+    pipe = AnimateDiffPipeline.from_pretrained(
+        models.BASE_DIR, motion_adapter=MotionAdapter.from_pretrained(models.MOTION_DIR)
+    )
+    sources = [str(folder) for folder in directions.shipped_shapes_loras().values()]
+    heard = []
+    listener = logging.Handler()
+    listener.emit = lambda record: heard.append(record.getMessage())
+    logging.getLogger("diffusers").addHandler(listener)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            loaded = motion.load_motion_loras(pipe, [], sources)
+    finally:
+        logging.getLogger("diffusers").removeHandler(listener)
+    assert len(loaded.named) == len(sources) >= 2
+    assert not heard and not [str(w.message) for w in caught if "peft_config" in str(w.message)]
+
+
 def test_shapes_registry_finds_a_trained_lora_only_with_its_record(tmp_path):
     (tmp_path / "right").mkdir()
     (tmp_path / "right" / directions.SHAPES_LORA_FILE).write_bytes(b"")
