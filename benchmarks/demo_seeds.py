@@ -32,8 +32,7 @@ ROW = re.compile(r"^  (subject pattern \(frames\)|class|accessory|motion correct
 
 def run_demo(seed: int, folder: Path, recipe: str, settings: dict | None = None) -> tuple[float, dict]:
     if settings:  # no command-line flag takes training settings: the Python API does
-        named = None if recipe == "none" else recipe
-        call = (f"import cdvideo; cdvideo.demo(output={str(folder)!r}, seed={seed}, recipe={named!r}, "
+        call = (f"import cdvideo; cdvideo.demo(output={str(folder)!r}, seed={seed}, recipe={recipe!r}, "
                 f"train_settings={settings!r})")  # fmt: skip
         command = [sys.executable, "-c", call]
     else:

@@ -325,7 +325,7 @@ def _run(args: argparse.Namespace) -> None:
 
         evaluate(EvalConfig(**values))
     elif args.command == "demo":
-        cdvideo.demo(output=args.output, seed=args.seed, recipe=None if args.recipe == "none" else args.recipe)
+        cdvideo.demo(output=args.output, seed=args.seed, recipe=args.recipe)
     elif args.command == "ui":
         from cdvideo.ui import launch
 

@@ -57,7 +57,7 @@ def demo(
     train_settings: dict | None = None,
 ) -> dict:
     """Train the demo subject's concept, render the headline prompt with and without it, and score both.
-    `recipe` None trains at the family's plain defaults; `train_settings` (TrainConfig fields) override
+    `recipe` None or "none" trains at the family's plain defaults; `train_settings` (TrainConfig fields) override
     the family's and the recipe's settings."""
     out = ensure_writable_dir(Path(output))
     photos = out / "photos"
@@ -70,7 +70,7 @@ def demo(
             base="shapes",
             output=str(out / "concept"),
             seed=seed,
-            recipe=recipe,
+            recipe=None if recipe == "none" else recipe,
             **(train_settings or {}),
         ),  # fmt: skip
         say=say,

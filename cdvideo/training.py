@@ -493,6 +493,9 @@ def _batch_loss(cfg, batch, unet, text_encoder, noise_scheduler, generator, scal
         0, noise_scheduler.config.num_train_timesteps, (len(latents),), generator=generator, device=device
     )
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+    prediction = unet(noisy, timesteps, hidden).sample
+    target = _diffusion_target(noise_scheduler, latents, noise, timesteps)
+    errors = F.mse_loss(prediction.float(), target.float(), reduction="none")
     # Items the base model (LoRA off) teaches: the subject's surroundings, and with --prior-target base
     # the prior items; one no-grad pass serves both.
     around = torch.zeros(0, dtype=torch.long, device=device)
@@ -502,9 +505,6 @@ def _batch_loss(cfg, batch, unet, text_encoder, noise_scheduler, generator, scal
     if batch["class"] is not None and cfg.prior_target == "base":
         taught.append((torch.arange(cfg.batch_size, len(latents), device=device), hidden[cfg.batch_size :]))
     teacher = _base_predictions(unet, noisy, timesteps, taught)
-    prediction = unet(noisy, timesteps, hidden).sample
-    target = _diffusion_target(noise_scheduler, latents, noise, timesteps)
-    errors = F.mse_loss(prediction.float(), target.float(), reduction="none")
     context = torch.zeros((), device=device)
     if mask is not None:
         # The photos teach only the subject. Around it the concept prompt is taught what the base
@@ -786,7 +786,7 @@ def train(
                     cfg, batch, ddp_unet, ddp_text_encoder, noise_scheduler, generator, vae.config.scaling_factor
                 )
                 if clips is not None:
-                    draw = _clip_generator(cfg, step * cfg.gradient_accumulation + micro, device)
+                    draw = _clip_generator(cfg, step * cfg.gradient_accumulation + micro, accelerator)
                     loss = loss + cfg.clip_composites * _clip_loss(
                         motion_unet, ddp_text_encoder, clips, noise_scheduler, draw, vae.config.scaling_factor
                     )
@@ -870,10 +870,11 @@ def _clip_loss(motion_unet, text_encoder, clips, noise_scheduler, generator, sca
     )  # fmt: skip
 
 
-def _clip_generator(cfg: TrainConfig, draw: int, device) -> torch.Generator:
-    """The clip composites' draws of one step: seeded by (seed, step), so a resumed run draws the same
-    clips and the image batch draws the same with clip composites on or off."""
-    return torch.Generator(device).manual_seed(cfg.seed * 1_000_003 + draw)
+def _clip_generator(cfg: TrainConfig, draw: int, accelerator) -> torch.Generator:
+    """The clip composites' draws of one step and process: seeded by (seed, step, process), so no
+    generator state needs keeping for a resume, and each process draws its own clip."""
+    seed = cfg.seed * 1_000_003 + draw + (accelerator.process_index << 40)
+    return torch.Generator(accelerator.device).manual_seed(seed)
 
 
 def _silent(message: str) -> None:
