@@ -131,7 +131,7 @@ def test_shapes_training_teaches_clip_composites(cutouts, tmp_path):
 
 
 def test_a_resumed_run_draws_the_same_clips_and_trains_the_same_concept(cutouts, tmp_path):
-    """Each step's clip composite is drawn from a generator of (seed, step): a run resumed from its
+    """Each step's clip composite is drawn from a generator of (seed, step, process): a run resumed from its
     step-2 checkpoint ends with the concept of the run that went straight through."""
     from safetensors.torch import load_file
 
