@@ -15,6 +15,7 @@ with moving clips in place of its frozen ones, so no extra motion-side adapter i
 from __future__ import annotations
 
 import random
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +24,14 @@ import torch
 from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
 from PIL import Image
 
-from cdvideo import composites, directions, motion
+from cdvideo import clip_bank, composites, directions, loading, motion, presets
 from cdvideo.atomic import atomic_path, write_text_atomic
+from cdvideo.clip_bank import ClipBank
 
+# The base clips' prompts are shuffled, and clip i drawn, from this seed, not the training seed: they are
+# the class's clips on the base model, shared by every subject of the class (and kept in cdvideo/clip_bank.py).
+BASE_CLIP_SEED = 0
 FRAMES = 8  # taught per clip, from the middle of the family's clip: half its frames, half the cost
-RENDER_BATCH = 4
 
 
 @dataclass
@@ -83,37 +87,69 @@ def render_base_clips(
     seed: int,
     say,
     motion_loras: dict[str, tuple[str, float]] | None = None,
+    bank: ClipBank | None = None,
 ) -> None:
     """The base video model's clips of `prompts` (`frames` long: at fewer frames than it was trained
     on, the Shapes adapter barely moves) into `folder` as `clip-i.png` (frames side by side) with
-    `clip-i.txt`; a resumed run keeps the clips already written. A prompt whose words ask for a motion
-    in `motion_loras` (name -> (source, weight)) gets that motion LoRA, as `cdvideo animate` gives it."""
+    `clip-i.txt`, clip i drawn from seed `seed + i`; a resumed run keeps the clips already written.
+    A prompt whose words ask for a motion in `motion_loras` (name -> (source, weight)) gets that
+    motion LoRA, as `cdvideo animate` gives it. Clips found in `bank` are copied, not rendered; the
+    rendered ones are put there."""
     folder.mkdir(parents=True, exist_ok=True)
-    have = len(list(folder.glob("clip-*.png")))
-    if have >= len(prompts):
-        return
-    say(f"rendering {len(prompts) - have} base clips of {frames} frames into {folder}")
-    pipe.set_progress_bar_config(disable=True)
     asked = [_asked_lora(p, motion_loras or {}) for p in prompts]
-    loaded = motion.load_motion_loras(pipe, [], [a[0] for a in asked if a[0]]) if any(a[0] for a in asked) else None
-    generator = torch.Generator(pipe.device).manual_seed(seed + have)
-    start = have
-    while start < len(prompts):
-        end = start + 1  # a batch shares one motion LoRA
-        while end < len(prompts) and end - start < RENDER_BATCH and asked[end] == asked[start]:
-            end += 1
-        batch = prompts[start:end]
+    settings = {
+        "frames": frames, "resolution": resolution, "steps": steps, "guidance": guidance,
+        "scheduler": clip_bank.scheduler_settings(pipe.scheduler), "dtype": str(pipe.unet.dtype),
+    }  # fmt: skip
+    todo = [i for i in range(len(prompts)) if not (folder / f"clip-{i:04d}.png").is_file()]
+    keys = {i: bank.key(prompts[i], seed + i, asked[i], settings) for i in todo} if bank else {}
+    found = {i: path for i in todo if bank and (path := bank.find(keys[i]))}
+    for i, path in found.items():
+        _write_clip(folder, i, prompts[i], lambda tmp, path=path: shutil.copyfile(path, tmp))
+    render = [i for i in todo if i not in found]
+    if found:
+        say(f"took {len(found)} of {len(prompts)} base clips from the clip bank")
+    if not render:
+        return
+    say(f"rendering {len(render)} base clips of {frames} frames into {folder}")
+    pipe.set_progress_bar_config(disable=True)
+    needed = [asked[i][0] for i in render if asked[i][0]]
+    loaded = motion.load_motion_loras(pipe, [], needed) if needed else None
+    for i in render:
         if loaded:
-            loaded.activate(pipe, *asked[start])
-        clips = pipe(
-            batch, num_frames=frames, height=resolution, width=resolution, num_inference_steps=steps,
-            guidance_scale=guidance, generator=generator, output_type="pt",
-        ).frames  # fmt: skip
-        for i, (clip, prompt) in enumerate(zip(clips, batch, strict=True), start):
-            write_text_atomic(folder / f"clip-{i:04d}.txt", prompt + "\n")
-            with atomic_path(folder / f"clip-{i:04d}.png") as tmp:
-                composites.to_image(torch.cat(list(clip.float().cpu()), dim=2)).save(tmp)
-        start = end
+            loaded.activate(pipe, *asked[i])
+        clip = pipe(
+            prompts[i], num_frames=frames, height=resolution, width=resolution, num_inference_steps=steps,
+            guidance_scale=guidance, generator=torch.Generator(pipe.device).manual_seed(seed + i), output_type="pt",
+        ).frames[0]  # fmt: skip
+        strip = composites.to_image(torch.cat(list(clip.float().cpu()), dim=2))
+        png = _write_clip(folder, i, prompts[i], strip.save)
+        if bank:
+            bank.put(keys[i], png, prompts[i])
+
+
+def _write_clip(folder: Path, index: int, prompt: str, write_png: Callable[[Path], object]) -> Path:
+    write_text_atomic(folder / f"clip-{index:04d}.txt", prompt + "\n")
+    with atomic_path(folder / f"clip-{index:04d}.png") as tmp:
+        write_png(tmp)
+    return folder / f"clip-{index:04d}.png"
+
+
+def draw_base_clips(
+    video, base: str, class_word: str, count: int, resolution: int, folder: Path, say, bank_folder: Path | None = None
+) -> None:
+    """`count` base clips of the class for clip composites into `folder`: one per scene phrase and one bare,
+    each with a motion, at the family's clip settings, through the clip bank (new clips go to `bank_folder`,
+    by default the user's cache)."""
+    preset = presets.preset_for(base)
+    phrases = ("", *preset.composite_phrases)
+    prompts = clip_prompts(class_word, phrases, preset.motion_phrases, count, BASE_CLIP_SEED)
+    bank = clip_bank.for_models(loading.resolve_base(base), loading.resolve_motion_adapter(preset.motion_adapter),
+                                bank_folder)  # fmt: skip
+    render_base_clips(
+        video, prompts, folder, preset.frames, resolution, preset.steps, preset.guidance, BASE_CLIP_SEED, say,
+        directions.family_loras(preset.name), bank,
+    )  # fmt: skip
 
 
 def _asked_lora(prompt: str, loras: dict[str, tuple[str, float]]) -> tuple[str | None, float | None]:

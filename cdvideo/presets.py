@@ -250,6 +250,9 @@ COMPOSITES = Recipe(
         "lora_targets": ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out"],
         "token_lr": 1e-3,
         "clip_composites": 4.0,
+        # one base clip per scene phrase and one bare ("a photo of a circle moving right"), so that the bare
+        # concept prompt moves too
+        "num_clip_composites": 20,
     },
 )
 RECIPES = {recipe.name: recipe for recipe in (CLASSDIFFUSION, COMPOSITES)}

@@ -28,7 +28,6 @@ from cdvideo import (
     clip_composites,
     composites,
     data,
-    directions,
     loading,
     memory,
     presets,
@@ -318,13 +317,8 @@ def _clip_composites(cfg: TrainConfig, pipe, photos: data.PhotoSet, out: Path, a
     if accelerator.is_main_process:
         video = loading.video_pipeline(pipe, adapter)
         video.scheduler = presets.make_scheduler(cfg.base, None, pipe.scheduler.config)
-        prompts = clip_composites.clip_prompts(
-            cfg.class_word, preset.composite_phrases, preset.motion_phrases, cfg.num_clip_composites, cfg.seed
-        )
-        clip_composites.render_base_clips(
-            video, prompts, folder / "clips", preset.frames, cfg.resolution, preset.steps, preset.guidance,
-            cfg.seed + 2, say, directions.family_loras(preset.name),
-        )  # fmt: skip
+        clip_composites.draw_base_clips(video, cfg.base, cfg.class_word, cfg.num_clip_composites, cfg.resolution,
+                                        folder / "clips", say)  # fmt: skip
     accelerator.wait_for_everyone()
     class_phrase = f"a photo of a {cfg.class_word}"
     made = clip_composites.make_clip_composites(

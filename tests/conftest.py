@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ import cdvideo
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# base clips rendered by tests go to a scratch cache, not the user's (cdvideo/clip_bank.py)
+os.environ["CDVIDEO_CACHE"] = tempfile.mkdtemp(prefix="cdvideo-test-cache-")
 
 WORDS = ["dog", "cat", "wearing", "headphones", "running", "photo", "of", "a", "on", "the", "beach"]
 
