@@ -93,14 +93,13 @@ def images(pipe, prompt: str, n: int, seed: int) -> list:
 
 
 def with_asked_motion(pipe, prompt: str) -> None:
-    """The motion LoRA `cdvideo animate` applies for the prompt's words, when the family ships one,
-    with the pipeline's concept (a live adapter) kept on at weight 1 beside it."""
-    said = directions.motion_in_prompt(prompt)
-    loras = directions.family_loras("shapes")
-    if said and said[0] in loras:
-        source, weight = loras[said[0]]
-        concept = concepts.ADAPTER_NAME in pipe.get_list_adapters().get("unet", [])
-        motion.load_motion_loras(pipe, [], [source], 1.0 if concept else None).activate(pipe, source, weight)
+    """The motion LoRA `cdvideo animate` applies for the prompt's words, at the weight it picks, when the
+    family ships one, with the pipeline's concept (a live adapter) kept on at weight 1 beside it."""
+    concept = concepts.ADAPTER_NAME in pipe.get_list_adapters().get("unet", [])
+    (choice,), _ = directions.plan_motions([prompt], None, None, "shapes", with_concept=concept)
+    if choice and choice.lora:
+        adapters = motion.load_motion_loras(pipe, [], [choice.lora], 1.0 if concept else None)
+        adapters.activate(pipe, choice.lora, choice.weight)
 
 
 def render_clips(
@@ -324,7 +323,9 @@ def main() -> None:
         found = cached(out / f"{name}.json", settings if folder else base_settings,
                        lambda: measure(folder() if folder else None, args.samples))  # fmt: skip
         if args.clips:
-            video = {**video_settings, **({"train": settings["train"]} if folder else {})}
+            factor = directions.CONCEPT_WEIGHT_FACTOR["shapes"]
+            with_concept = {"train": settings["train"], "concept_weight_factor": factor}
+            video = {**video_settings, **(with_concept if folder else {})}
             file = f"{name}-video{scheduled if folder else ''}.json"
             video |= {"concept_schedule": args.concept_schedule} if folder and schedule else {}
             trained = folder or (lambda: None)

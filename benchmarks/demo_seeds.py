@@ -51,6 +51,22 @@ def run_demo(seed: int, folder: Path, recipe: str, settings: dict | None = None)
     return wall, card
 
 
+def rerender(seed: int, folder: Path) -> dict:
+    """The demo's two clips rendered again from the concept an earlier run trained in `folder` (for a change
+    of rendering only: training is deterministic on CPU, so a full run would train the same concept)."""
+    import cdvideo
+    from cdvideo.demo import PROMPT, scorecard
+
+    def card(kind: str, **where) -> dict:
+        output = str(folder / "rerendered" / kind)
+        config = cdvideo.AnimateConfig(prompts=[PROMPT], seeds=[seed], output=output, **where)
+        return scorecard(cdvideo.animate(config, say=lambda _: None, progress=False)[0].frames)
+
+    with_concept = card("with-concept", concept=str(folder / "concept"))
+    without = card("without-concept", use_concept=False, base="shapes")
+    return {key: (str(with_concept[key]), str(without[key])) for key in with_concept}
+
+
 def verdict(card: dict) -> tuple[bool, bool]:
     """(subject and headphones right, motion right) with the concept."""
     pattern = float(card["subject pattern (frames)"][0].rstrip("%")) / 100
@@ -63,6 +79,11 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("runs/demo-seeds"))
     parser.add_argument("--out", type=Path, help="markdown table to write")
     parser.add_argument("--recipe", default=DEMO_RECIPE, help=f"the demo's --recipe (default {DEMO_RECIPE}; none)")
+    parser.add_argument(
+        "--rerender",
+        action="store_true",
+        help="score the clips again from the concepts already trained in --work (rendering changed)",
+    )
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="training settings over the recipe's")
     args = parser.parse_args()
     settings = parse_overrides(args.set)
@@ -73,7 +94,10 @@ def main() -> None:
         # Each seed's result is kept beside its run, so seeds can run as separate jobs (one per core)
         # and a last call with every seed writes the table.
         kept = args.work / f"seed-{seed}.json"
-        if kept.is_file():
+        if args.rerender:
+            wall, _ = json.loads(kept.read_text())  # training's wall; rendering's cost is unchanged
+            card = rerender(seed, args.work / f"seed-{seed}")
+        elif kept.is_file():
             wall, card = json.loads(kept.read_text())
         else:
             wall, card = run_demo(seed, args.work / f"seed-{seed}", args.recipe, settings)

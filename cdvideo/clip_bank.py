@@ -92,9 +92,3 @@ def for_models(base: str, adapter: str, write_to: Path | None = None) -> ClipBan
     user's cache (or `write_to`), which takes new clips."""
     models = f"{source_digest(base)}+{source_digest(adapter)}"
     return ClipBank(models, (SHIPPED, write_to or user_cache()))
-
-
-def scheduler_settings(scheduler) -> dict:
-    """A scheduler's class and config, without diffusers' bookkeeping keys (its version, its name)."""
-    config = {k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")}
-    return {"class": type(scheduler).__name__, **config}

@@ -99,7 +99,7 @@ def render_base_clips(
     asked = [_asked_lora(p, motion_loras or {}) for p in prompts]
     settings = {
         "frames": frames, "resolution": resolution, "steps": steps, "guidance": guidance,
-        "scheduler": clip_bank.scheduler_settings(pipe.scheduler), "dtype": str(pipe.unet.dtype),
+        "scheduler": presets.scheduler_record(pipe.scheduler), "dtype": str(pipe.unet.dtype),
     }  # fmt: skip
     todo = [i for i in range(len(prompts)) if not (folder / f"clip-{i:04d}.png").is_file()]
     keys = {i: bank.key(prompts[i], seed + i, asked[i], settings) for i in todo} if bank else {}

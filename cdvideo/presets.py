@@ -275,3 +275,8 @@ def apply_recipe(values: dict, processes: int) -> dict:
         for key in ("lora_lr", "token_lr"):
             values[key] = lr if values.get(key) is None else values[key]
     return values
+
+
+def scheduler_record(scheduler) -> dict:
+    """A scheduler's class and config, without diffusers' bookkeeping keys (its version, its name)."""
+    return {"class": type(scheduler).__name__, **{k: v for k, v in scheduler.config.items() if not k.startswith("_")}}

@@ -174,7 +174,9 @@ def animate(
     dtype = loading.pick_dtype(device, cfg.precision)
     out = ensure_writable_dir(Path(cfg.output))
     family = presets.preset_for(cfg.base).name
-    asked, notes = directions.plan_motions(cfg.prompts, cfg.motion, cfg.motion_weight, family, cfg.motion_lora_dir)
+    asked, notes = directions.plan_motions(
+        cfg.prompts, cfg.motion, cfg.motion_weight, family, cfg.motion_lora_dir, with_concept=concept is not None
+    )
     for line in notes:
         say(line)
     named = [choice.lora for choice in asked if choice and choice.lora]
@@ -197,10 +199,7 @@ def animate(
         for spec in cfg.motion_loras:
             say("motion LoRA {} at weight {}".format(*motion.parse_motion_lora(spec)))
     controls.apply(pipe, cfg, device, say)
-    scheduler_settings = {
-        "class": type(pipe.scheduler).__name__,
-        **{k: v for k, v in pipe.scheduler.config.items() if not k.startswith("_")},
-    }
+    scheduler_settings = presets.scheduler_record(pipe.scheduler)
     videos = []
     jobs = iter(range(len(cfg.prompts) * len(cfg.seeds)))
     for prompt, choice in zip(cfg.prompts, asked, strict=True):

@@ -228,6 +228,39 @@ def test_a_shipped_shapes_motion_lora_loads_in_stock_diffusers_and_is_applied_by
     }  # fmt: skip
 
 
+def test_with_a_shapes_concept_the_direction_lora_runs_stronger_and_says_so(tmp_path):
+    """A concept damps its direction LoRA (docs/motion/concept-weight.md): with one loaded, the prompt's
+    motion LoRA gets 1.5x its recorded weight, printed and recorded; --motion-weight still sets it."""
+    from cdvideo.demo import write_subject_photos
+
+    photos = write_subject_photos(tmp_path / "photos", count=2)
+    concept = cdvideo.train(
+        cdvideo.TrainConfig(images=[str(p) for p in photos], class_word="circle", base="shapes", steps=1,
+                            prior_weight=0.0, output=str(tmp_path / "concept")),
+        say=lambda s: None, progress=False,
+    )  # fmt: skip
+    recorded = json.loads((directions.shipped_shapes_loras()["right"] / directions.SHAPES_RECORD).read_text())["weight"]
+
+    def render(name: str, lines: list | None = None, **config) -> dict:
+        (video,) = cdvideo.animate(
+            cdvideo.AnimateConfig(prompts=["a circle moving right"], base="shapes", frames=2, steps=2,
+                                  output=str(tmp_path / name), **config),
+            say=(lines if lines is not None else []).append, progress=False,
+        )  # fmt: skip
+        return settings_of(video)["motion"]
+
+    lines: list[str] = []
+    assert render("concept", lines, concept=str(concept))["weight"] == 1.5 * recorded
+    assert [line for line in lines if line.startswith("prompt: ")] == [
+        f"prompt: a <new1> circle moving right | motion right (camera pan-left; from the prompt): "
+        f"{directions.shipped_shapes_loras()['right']} at weight {1.5 * recorded}"
+    ]
+    assert render("flag", concept=str(concept), motion_weight=0.8)["weight"] == 0.8
+    assert render("plain", use_concept=False)["weight"] == recorded
+    (sd15,), _ = directions.plan_motions(["a dog moving left"], None, None, "sd15", with_concept=True)
+    assert sd15.weight == directions.SD15_DEFAULT_WEIGHT  # unmeasured there: the LoRA's own weight
+
+
 def test_loading_every_shipped_motion_lora_on_one_pipeline_is_quiet():
     """Several motion LoRAs on one UNet (clip composites load one per motion) are the point, and none
     has text-encoder keys: neither diffusers nor peft may warn the user about it."""
