@@ -439,12 +439,18 @@ def _evaluate_tab(gr, ws: Workspace, pickers: list) -> None:
 
 def _concepts_tab(gr, ws: Workspace, pickers: list) -> None:
     headers = ["folder", "token", "class word", "base", "steps", "concept-class cosine"]
-    table = gr.Dataframe(concept_table(ws), headers=headers, label="concepts in the workspace", interactive=False)
+    table = gr.Dataframe(
+        concept_table(ws),
+        headers=headers,
+        label="concepts in the workspace",
+        interactive=False,
+        elem_id="concept-table",
+    )
     with gr.Row():
         concept = gr.Dropdown(_choices(ws, False), label="concept")
         refresh = gr.Button("Refresh")
     with gr.Row():
-        card = gr.Markdown()
+        card = gr.Markdown(elem_id="concept-card")
         curves = gr.Image(label="training curves", type="filepath")
     pickers.append((concept, False))
     concept.change(model_card, concept, [card, curves])

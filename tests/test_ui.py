@@ -142,7 +142,11 @@ def test_train_then_animate_in_a_real_browser(app, page, tmp_path):
 
     page.get_by_role("tab", name="Concepts").click()
     page.get_by_role("button", name="Refresh").click()
-    page.get_by_text("circle-1").first.wait_for(timeout=15_000)
+    # The table's cells carry a hidden copy of their text: wait for the one a user sees.
+    row = page.locator("#concept-table").get_by_text("ws/concepts/circle-1").filter(visible=True)
+    row.first.wait_for(timeout=15_000)
+    # The newest concept is picked after training, and its model card says how to use it.
+    page.locator("#concept-card").get_by_text("--concept circle-1").first.wait_for(timeout=15_000)
     _screenshot(page, "concepts")
     page.get_by_role("tab", name="Evaluate").click()
     _screenshot(page, "evaluate")
