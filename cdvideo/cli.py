@@ -91,6 +91,12 @@ def _train_parser(sub) -> None:
         "through the frozen motion modules so the concept keeps the clip moving (0 = off; default: preset's)",
     )
     p.add_argument("--num-clip-composites", type=int, metavar="N", help="clips the base video model draws for them")
+    p.add_argument(
+        "--clip-every",
+        type=int,
+        metavar="N",
+        help="teach a clip composite every N steps at N x its weight (faster; default 1: every step)",
+    )
     p.add_argument("--prior-weight", type=float, help="prior preservation weight (0 = off; default: preset's)")
     p.add_argument(
         "--prior-target",

@@ -87,6 +87,9 @@ class TrainConfig:
     # base video model's clips, taught through the frozen motion modules (0 = off).
     clip_composites: float | None = None
     num_clip_composites: int | None = None  # base-model clips the subject is fitted into
+    # Teach a clip composite every N steps at N x its weight: the clip term costs about as much as the
+    # image batch, so 2 trains about a quarter faster with the same clip weight per step on average.
+    clip_every: int = 1
     seed: int = 0
     prior_weight: float | None = None  # > 0 enables prior preservation
     # What the prior items are taught: "images" (DreamBooth: their own noise) or "base" (the base
@@ -174,6 +177,8 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(f"--composites is a share of subject items, from 0 to 1 (got {cfg.composites})")
     if cfg.num_composites < 1 or cfg.num_clip_composites < 1:
         raise UserError("--num-composites and --num-clip-composites must be at least 1")
+    if cfg.clip_every < 1:
+        raise UserError(f"--clip-every is a number of steps, 1 or more (got {cfg.clip_every})")
     if cfg.clip_composites < 0:
         raise UserError(f"--clip-composites is a loss weight, 0 or more (got {cfg.clip_composites})")
     if not 0 <= cfg.caption_variety <= 1:
@@ -779,9 +784,9 @@ def train(
                 loss, parts, _ = _batch_loss(
                     cfg, batch, ddp_unet, ddp_text_encoder, noise_scheduler, generator, vae.config.scaling_factor
                 )
-                if clips is not None:
+                if clips is not None and step % cfg.clip_every == 0:
                     draw = _clip_generator(cfg, step * cfg.gradient_accumulation + micro, accelerator)
-                    loss = loss + cfg.clip_composites * _clip_loss(
+                    loss = loss + cfg.clip_every * cfg.clip_composites * _clip_loss(
                         motion_unet, ddp_text_encoder, clips, noise_scheduler, draw, vae.config.scaling_factor
                     )
                 accelerator.backward(loss)

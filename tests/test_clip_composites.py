@@ -152,3 +152,37 @@ def test_a_resumed_run_draws_the_same_clips_and_trains_the_same_concept(cutouts,
     assert straight.keys() == resumed.keys()
     for key in straight:
         assert (straight[key].float() - resumed[key].float()).abs().max() <= 1e-6, key
+
+
+def test_clip_every_n_teaches_a_clip_on_every_nth_step_at_n_times_its_weight(cutouts, tmp_path, monkeypatch, capsys):
+    real_clip_loss, losses = clip_composites.clip_loss, []
+
+    def counted(*args, **kwargs):
+        losses.append(real_clip_loss(*args, **kwargs))
+        return losses[-1]
+
+    monkeypatch.setattr(clip_composites, "clip_loss", counted)
+    args = ["train", str(cutouts), "--class-word", "circle", "--base", "shapes", "--prior-weight", "0",
+            "--clip-composites", "1", "--num-clip-composites", "2", "--steps", "5"]  # fmt: skip
+    assert cli_main([*args, "--output", str(tmp_path / "every-2"), "--clip-every", "2"]) == 0
+    assert len(losses) == 3  # steps 0, 2 and 4 of 5
+    assert json.loads((tmp_path / "every-2" / "train_config.json").read_text())["clip_every"] == 2
+
+    # Step 0's clip at twice the weight: the concept of --clip-composites 2 taught every step, not of 1.
+    def one_step(name: str, weight: str, every: str) -> dict:
+        from safetensors.torch import load_file
+
+        out = tmp_path / name
+        one = [a if a != "5" else "1" for a in args]
+        assert cli_main([*one, "--output", str(out), "--clip-composites", weight, "--clip-every", every]) == 0
+        return load_file(out / "pytorch_lora_weights.safetensors")
+
+    doubled, weight_2, weight_1 = one_step("a", "1", "2"), one_step("b", "2", "1"), one_step("c", "1", "1")
+    assert all(torch.equal(doubled[k], weight_2[k]) for k in doubled)
+    assert any(not torch.equal(doubled[k], weight_1[k]) for k in doubled)
+
+    capsys.readouterr()
+    assert cli_main([*args, "--output", str(tmp_path / "every-0"), "--clip-every", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--clip-every is a number of steps, 1 or more" in err
+    assert not (tmp_path / "every-0").exists()
