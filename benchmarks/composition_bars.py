@@ -323,7 +323,7 @@ def main() -> None:
         found = cached(out / f"{name}.json", settings if folder else base_settings,
                        lambda: measure(folder() if folder else None, args.samples))  # fmt: skip
         if args.clips:
-            factor = directions.CONCEPT_WEIGHT_FACTOR["shapes"]
+            factor = directions.concept_weight_factor("shapes", "right")  # the video prompt moves right
             with_concept = {"train": settings["train"], "concept_weight_factor": factor}
             video = {**video_settings, **(with_concept if folder else {})}
             file = f"{name}-video{scheduled if folder else ''}.json"

@@ -1,10 +1,15 @@
-"""The demo's headline clip with a concept, at several weights of the right motion LoRA: how often it moves
-right, stands still, and keeps the subject's stripes and headphones (the world's scorer).
+"""A concept's clips at several weights of one direction's motion LoRA: how often they move the asked
+way, stand still, and keep the subject's stripes and headphones (the world's scorer).
 
-    python benchmarks/concept_motion_weight.py runs/demo-v6/seed-0/concept --clips 16 --weights 1.0 1.5 2.0
+    python benchmarks/concept_motion_weight.py runs/demo/concept --clips 16 --weights 1.0 1.5 2.0
+    python benchmarks/concept_motion_weight.py runs/demo/concept --direction left --weights 1.5 2 2.5 3
 
-The clips are the composition bars' video cells (seeds from 400, 8 at a time), so weight 1 reproduces
-their "moves right" for the same concept. Prints one JSON line per weight.
+The prompt is the composition bars' video prompt with the direction put in ("a <tok> circle wearing
+headphones moving left"), or with `--bare` the motion bars' ("a <tok> circle moving left"), and the
+clips are the composition bars' video seeds (from 400, 8 at a time): weight 1 with "right" reproduces
+their "moves right" for the same concept. `benchmarks/motion_bars.py` measures on other seeds (from
+1000), so a weight picked here is checked there on clips it was not picked on.
+Prints one JSON line per weight.
 """
 
 from __future__ import annotations
@@ -23,21 +28,28 @@ from cdvideo import directions, motion
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("concept", type=Path)
+    parser.add_argument("--direction", default="right", choices=("left", "right", "up", "down"))
+    parser.add_argument("--bare", action="store_true", help="the motion bars' prompt: 'a <tok> circle moving left'")
     parser.add_argument("--clips", type=int, default=16)
     parser.add_argument("--weights", type=float, nargs="+", default=[1.0, 1.5, 2.0])
     args = parser.parse_args()
     _, video = pipelines(args.concept, image=False)
-    prompt = VIDEO_PROMPT.format(f"a {concepts.load_concept(args.concept).token} circle")
-    source, _ = directions.family_loras("shapes")["right"]
+    token = concepts.load_concept(args.concept).token
+    template = "{} moving right" if args.bare else VIDEO_PROMPT
+    prompt = template.format(f"a {token} circle").replace("moving right", f"moving {args.direction}")
+    source, _ = directions.family_loras("shapes")[args.direction]
     adapters = motion.load_motion_loras(video, [], [source], 1.0)
+    asked = f"moving {args.direction}"
     for weight in args.weights:
         adapters.activate(video, source, weight)
         scored = render_clips(video, [prompt] * args.clips, ["circle"] * args.clips, 400)
         frames = [f for clip in scored for f in clip.frames]
         row = {
+            "direction": args.direction,
+            "prompt": prompt,
             "weight": weight,
             "clips": args.clips,
-            "moving_right": float(np.mean([c.motion == "moving right" for c in scored])),
+            "moving_asked": float(np.mean([c.motion == asked for c in scored])),
             "still": float(np.mean([c.motion == "" for c in scored])),
             "frames_stripes_headphones": float(np.mean([f.pattern and f.accessory == HEADPHONES for f in frames])),
             "motions": [c.motion or "still" for c in scored],

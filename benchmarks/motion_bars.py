@@ -82,7 +82,8 @@ def measure(n: int, concept: Path | None, without: bool, only: list[str] | None,
                 prompts, classes = plain_prompts(direction, n, 10 + i)
             for use in [True, False] if without else [True]:
                 source, weight = loras[direction]
-                weight *= directions.CONCEPT_WEIGHT_FACTOR["shapes"] if subject else 1.0  # as `animate` picks
+                # as `animate` picks it
+                weight *= directions.concept_weight_factor("shapes", direction) if subject else 1.0
                 adapters.activate(pipe, source if use else None, weight if use else None)
                 started = time.time()
                 scored = composition_bars.render_clips(pipe, prompts, classes, 1000 + 100 * i)

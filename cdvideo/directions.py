@@ -49,11 +49,12 @@ SD15_HUB_ORG = "guoyww"
 # Trained for guoyww/animatediff-motion-adapter-v1-5-2 (AnimateDiff v2's motion modules).
 SD15_LORAS = {name: f"animatediff-motion-lora-{camera}" for name, camera in CAMERA.items()}
 SD15_DEFAULT_WEIGHT = 1.0  # the weight they were trained at
-# A concept's LoRA damps the motion a direction LoRA asks for. With the demo's recipe concept the
-# Shapes right LoRA at its recorded weight moved 0.69 of 16 "a <tok> circle wearing headphones moving
-# right" clips right, at 1.5x 0.94 (plain prompts: 0.84 at 1x; docs/motion/concept-weight.md). So with
-# a concept the default weight is the recorded one times this; SD1.5's is unmeasured and stays 1x.
-CONCEPT_WEIGHT_FACTOR = {"shapes": 1.5, "sd15": 1.0}
+# A concept's LoRA damps the motion a direction LoRA asks for, and not every direction alike. With the
+# demo's recipe concept the Shapes right LoRA at its recorded weight moved 0.69 of 16 "a <tok> circle
+# wearing headphones moving right" clips right, at 1.5x 0.94 (plain prompts: 0.84 at 1x); each direction's
+# factor was picked the same way (docs/motion/concept-weight.md). So with a concept the default weight is
+# the recorded one times its factor; SD1.5's are unmeasured and stay 1x.
+CONCEPT_WEIGHT_FACTORS = {"shapes": {"right": 1.5, "left": 1.5, "up": 1.5, "down": 1.5}, "sd15": {}}
 SHAPES_LORA_FILE = "pytorch_lora_weights.safetensors"
 SHAPES_RECORD = "TRAINING.json"
 
@@ -155,6 +156,11 @@ def _shapes_weight(folder: Path) -> float:
         raise UserError(f"motion LoRA record {folder / SHAPES_RECORD} is unreadable: {err}") from err
 
 
+def concept_weight_factor(family: str, motion: str) -> float:
+    """How much stronger than its recorded weight `family`'s LoRA for `motion` runs beside a concept."""
+    return CONCEPT_WEIGHT_FACTORS.get(family, {}).get(motion, 1.0)
+
+
 def plan_motions(
     prompts: list[str],
     flag: str | None,
@@ -164,7 +170,7 @@ def plan_motions(
     with_concept: bool = False,
 ) -> tuple[list[MotionChoice | None], list[str]]:
     """The motion each prompt gets, and the lines to print about it. `weight` None: each LoRA's default,
-    times the family's CONCEPT_WEIGHT_FACTOR when rendered `with_concept`.
+    times its `concept_weight_factor` when rendered `with_concept`.
 
     The flag wins over the prompt's words (said in a line when they disagree). A flag naming a
     motion the family has no weights for is an error; prompt words are then only a note, since the
@@ -200,7 +206,7 @@ def plan_motions(
                 f"note: '{words}' asks for {name}; the {family} family has no motion LoRA for it "
                 f"(it has: {have}), so the words alone steer the motion"
             )
-        factor = CONCEPT_WEIGHT_FACTOR.get(family, 1.0) if with_concept else 1.0
+        factor = concept_weight_factor(family, name) if with_concept else 1.0
         chosen_weight = (weight if weight is not None else default * factor) if source else None
         choices.append(MotionChoice(name, by, words, source, chosen_weight))
     return choices, lines

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -432,28 +431,21 @@ def _draw_composites(share: float, batch: dict, latents, rows, mask, generator):
     return latents, torch.where(use, comp_rows[picks], rows), mask
 
 
-@contextmanager
-def _base_model(unet):
-    """The UNet without its LoRA, for as long as the block runs."""
-    model = getattr(unet, "module", unet)  # under DDP
-    model.disable_adapters()
-    try:
-        yield
-    finally:
-        model.enable_adapters()
-
-
-def _base_predictions(unet, noisy, timesteps, taught: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """The base model's (LoRA off) predictions, fp32, for each (rows, text states) in `taught`, in order."""
+def _base_predictions(
+    unet, base_model, noisy, timesteps, taught: list[tuple[torch.Tensor, torch.Tensor]]
+) -> torch.Tensor:
+    """The base model's predictions (`base_model()`: the trained weights off), fp32, for each (rows, text
+    states) in `taught`, in order."""
     if not taught:
         return noisy.new_zeros((0,))
     rows = torch.cat([r for r, _ in taught])
-    with torch.no_grad(), _base_model(unet):
+    with torch.no_grad(), base_model():
         return unet(noisy[rows], timesteps[rows], torch.cat([h for _, h in taught])).sample.float()
 
 
-def _batch_loss(cfg, batch, unet, text_encoder, noise_scheduler, generator, scaling_factor):
+def _batch_loss(cfg, batch, unet, text_encoder, noise_scheduler, generator, scaling_factor, weights=None):
     """One batch of the ClassDiffusion objective; returns (loss, its parts, the concept's EOS features).
+    `weights` (what the run trains; default: the UNet's LoRA) gives the base model the teacher terms read.
 
     SPL reads both phrases at `cfg.spl_pooling`; the `cosine` part (the drift) is at the EOS either way."""
     instance_mean, instance_std = batch["instance"]
@@ -503,7 +495,7 @@ def _batch_loss(cfg, batch, unet, text_encoder, noise_scheduler, generator, scal
     taught = [(around, batch["teacher_hidden"][rows[around]])] if len(around) else []
     if batch["class"] is not None and cfg.prior_target == "base":
         taught.append((torch.arange(cfg.batch_size, len(latents), device=device), hidden[cfg.batch_size :]))
-    teacher = _base_predictions(unet, noisy, timesteps, taught)
+    teacher = _base_predictions(unet, (weights or LoraWeights(unet)).base_model, noisy, timesteps, taught)
     context = torch.zeros((), device=device)
     if mask is not None:
         # The photos teach only the subject. Around it the concept prompt is taught what the base
@@ -782,7 +774,14 @@ def train(
         for micro in range(cfg.gradient_accumulation):
             with accelerator.accumulate(ddp_unet, ddp_text_encoder), accelerator.autocast():
                 loss, parts, _ = _batch_loss(
-                    cfg, batch, ddp_unet, ddp_text_encoder, noise_scheduler, generator, vae.config.scaling_factor
+                    cfg,
+                    batch,
+                    ddp_unet,
+                    ddp_text_encoder,
+                    noise_scheduler,
+                    generator,
+                    vae.config.scaling_factor,
+                    unet_weights,
                 )
                 if clips is not None and step % cfg.clip_every == 0:
                     draw = _clip_generator(cfg, step * cfg.gradient_accumulation + micro, accelerator)

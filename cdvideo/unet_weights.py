@@ -13,6 +13,9 @@ wrong. The cost is size: SD1.5's 32 K/V layers store 38M numbers for their 19M w
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from peft import LoraConfig
 from peft.tuners.tuners_utils import check_target_module_exists
@@ -35,6 +38,16 @@ class LoraWeights:
 
     def load(self, state: dict[str, torch.Tensor]) -> None:
         set_peft_model_state_dict(self.unet, state)
+
+    @contextmanager
+    def base_model(self) -> Iterator[None]:
+        """The UNet without its LoRA, for as long as the block runs."""
+        model = getattr(self.unet, "module", self.unet)  # under DDP
+        model.disable_adapters()
+        try:
+            yield
+        finally:
+            model.enable_adapters()
 
 
 class FullWeights:
@@ -70,6 +83,18 @@ class FullWeights:
             state[f"{name}.lora_A.weight"] = down
             state[f"{name}.lora_B.weight"] = up
         return state
+
+    @contextmanager
+    def base_model(self) -> Iterator[None]:
+        """The UNet with its original target weights, for as long as the block runs (no gradient)."""
+        trained = {name: module.weight.data for name, module in self.modules.items()}
+        try:
+            for name, module in self.modules.items():
+                module.weight.data = self.original[name]
+            yield
+        finally:
+            for name, module in self.modules.items():
+                module.weight.data = trained[name]
 
     def load(self, state: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():

@@ -134,6 +134,39 @@ def test_full_weights_of_mixed_shapes_round_trip_through_the_concept_folder(tiny
     assert torch.allclose(_unet_out(fresh.unet, hidden), _unet_out(unet, hidden), atol=1e-5)
 
 
+def test_full_weights_give_the_teacher_terms_the_original_model(tiny_base):
+    """The masked loss's context term and the base-model prior ask for the base model's prediction; with
+    the full K/V fine-tune there is no adapter to switch off, so the original weights stand in."""
+    unet = UNet2DConditionModel.from_pretrained(tiny_base, subfolder="unet")
+    base = _unet_out(unet, hidden := torch.randn(2, 77, 32, generator=torch.Generator().manual_seed(0)))
+    weights = FullWeights(unet, ["attn2.to_k", "attn2.to_v"])
+    with torch.no_grad():
+        for param in weights.params:
+            param.add_(torch.randn_like(param) * 0.1)
+    trained = _unet_out(unet, hidden)
+    assert not torch.allclose(trained, base, atol=1e-3)
+    with weights.base_model():
+        assert torch.equal(_unet_out(unet, hidden), base)
+    assert torch.equal(_unet_out(unet, hidden), trained)
+
+
+def test_classdiffusion_recipe_trains_on_cut_out_photos(tmp_path):
+    """Cut-outs turn on the masked loss, whose context term reads the base model: with the official
+    recipe's full K/V weights this used to fail ("No adapter loaded")."""
+    from cdvideo.demo import write_subject_photos
+
+    photos = write_subject_photos(tmp_path / "photos", count=2)
+    lines: list[str] = []
+    folder = cdvideo.train(
+        cdvideo.TrainConfig(images=[str(p) for p in photos], class_word="circle", base="shapes",
+                            recipe="classdiffusion", steps=2, lora_lr=1e-2, output=str(tmp_path / "concept")),
+        say=lines.append, progress=False,
+    )  # fmt: skip
+    assert any("transparency is the subject's mask" in line for line in lines)
+    state = load_file(folder / concepts.LORA_FILE)
+    assert state and any(v.abs().max() > 1e-4 for k, v in state.items() if ".lora_B." in k)
+
+
 def test_token_pooling_trains_on_the_token_and_reports_drift_at_the_eos(tiny_base, dog_photos, tmp_path):
     rows = {}
     for pooling in ("eos", "token"):
