@@ -176,10 +176,13 @@ def _animate_parser(sub) -> None:
         help="the concept's LoRA at weight SCALE for the first SHARE of the steps, then at --lora-scale "
         "(e.g. 0.4:0.5: layout and motion come from the base model, appearance from the concept)",
     )
-    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help=PRECISION_HELP)
     p.add_argument("--output")
     p.add_argument("--device")
     _render_controls(p)
+
+
+PRECISION_HELP = "default fp16 on a GPU, fp32 on the CPU; bf16 also runs on the CPU (faster where it has AMX)"
 
 
 def _render_controls(p) -> None:
@@ -226,7 +229,7 @@ def _eval_parser(sub) -> None:
     p.add_argument("--guidance", type=float)
     p.add_argument("--motion-adapter")
     p.add_argument("--base-config")
-    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help=PRECISION_HELP)
     p.add_argument("--device")
     # Defaults live in cdvideo.backbones; importing it here would load torch. On --base shapes concepts a
     # default that is not on this machine is skipped and named; a named one must load.
