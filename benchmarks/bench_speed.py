@@ -8,6 +8,7 @@ probe on the same threads). With --train it also times training steps at the Sha
 
     python benchmarks/bench_speed.py                  # 3 rounds, 16 frames, 64 px
     python benchmarks/bench_speed.py --train --json runs/bench/speed.json
+    python benchmarks/bench_speed.py --bf16           # also `--precision bf16` (pays on CPUs with AMX)
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ from torch.utils.flop_counter import FlopCounterMode
 PROMPT = "a circle wearing headphones moving right"
 
 
-def matmul_peak(threads: int, size: int = 1024, seconds: float = 3.0) -> float:
-    """fp32 GFLOP/s of a large matmul on `threads` threads: the practical peak of these cores."""
+def matmul_peak(threads: int, size: int = 1024, seconds: float = 3.0, dtype: torch.dtype = torch.float32) -> float:
+    """GFLOP/s of a large matmul on `threads` threads: the practical peak of these cores in `dtype`."""
     torch.set_num_threads(threads)
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     for _ in range(3):
         a @ b
     runs, start = 0, time.perf_counter()
@@ -58,13 +59,13 @@ def stock_pipeline():
     return render
 
 
-def cdvideo_pipeline():
-    """`cdvideo animate --base shapes` as shipped: its sampler, steps and speed settings."""
+def cdvideo_pipeline(precision: str | None = None):
+    """`cdvideo animate --base shapes` as shipped (or at `--precision`): its sampler, steps and speed settings."""
     from cdvideo import controls, loading
     from cdvideo.rendering import AnimateConfig, build_pipeline, render_clip, resolve
 
-    cfg = resolve(AnimateConfig(prompts=[PROMPT], base="shapes", use_concept=False), None)
-    pipe = build_pipeline(cfg, torch.float32)
+    cfg = resolve(AnimateConfig(prompts=[PROMPT], base="shapes", use_concept=False, precision=precision), None)
+    pipe = build_pipeline(cfg, loading.pick_dtype(torch.device("cpu"), precision))
     pipe.set_progress_bar_config(disable=True)
     controls.apply(pipe, cfg, loading.pick_device("cpu"), say=lambda s: None)
     return lambda seed: render_clip(pipe, cfg, PROMPT, seed)
@@ -107,11 +108,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--train", action="store_true", help="also time training steps")
     parser.add_argument("--train-steps", type=int, default=40)
+    parser.add_argument("--bf16", action="store_true", help="also time `--precision bf16` (not the default)")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
     threads = torch.get_num_threads()
     peak = matmul_peak(threads)
     variants = {"stock DDIM 25": stock_pipeline(), "cdvideo default": cdvideo_pipeline()}
+    if args.bf16:
+        variants["cdvideo bf16"] = cdvideo_pipeline("bf16")
     flops = {name: count_flops(render) for name, render in variants.items()}
     times = time_renders(variants, args.rounds)
     rows = {}
@@ -138,6 +142,12 @@ def main() -> None:
         print(f"{name:16} {row['seconds']:6.2f} s/clip  {row['gflop']:7.1f} GFLOP  {row['gflop_per_s']:6.1f} GFLOP/s  "
               f"{row['share_of_peak']:.0%} of peak")  # fmt: skip
     print(f"cdvideo default is {result['render_time_ratio']:.2f}x faster per clip than stock DDIM 25")
+    if args.bf16:
+        bf16_peak = matmul_peak(threads, dtype=torch.bfloat16)
+        result["bf16_matmul_peak_gflop_per_s"] = round(bf16_peak, 1)
+        result["bf16_time_ratio"] = round(ours["seconds"] / rows["cdvideo bf16"]["seconds"], 2)
+        print(f"bf16 matmul probe: {bf16_peak:.1f} GFLOP/s; cdvideo bf16 is {result['bf16_time_ratio']:.2f}x "
+              "faster per clip than its fp32 default")  # fmt: skip
     if args.train:
         # The Shapes defaults before masked photos: the whole photo taught, no base-model context.
         before = training_steps_per_second(args.train_steps, masked_loss=False, context_weight=0.0)

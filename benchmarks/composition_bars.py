@@ -39,6 +39,9 @@ from cdvideo.shapes import scorer, world
 
 HEADPHONES = "wearing headphones"
 VIDEO_PROMPT = "{} wearing headphones moving right"
+# Every pipeline's dtype: fp32 as shipped, or bf16 with --precision bf16 (a CPU speed preset; recorded in the settings).
+DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16}
+precision = "fp32"
 BARS = {"identity": 0.90, "headphones": 0.80, "relative": 0.85, "plain_kept": 0.90, "video_frames": 0.75}
 
 
@@ -54,11 +57,11 @@ def pipelines(folder: Path | None, sampler: str | None = None, image: bool = Tru
 
     The video pipeline keeps the concept as a live adapter, as `animate` does beside motion LoRAs:
     activating a motion LoRA (peft's set_adapter) unmerges a fused concept and leaves it off."""
+    dtype = DTYPE[precision]
+    adapter = loading.load_motion_adapter("shapes", dtype) if video else None
     pipes = [
-        loading.load_image_pipeline("shapes") if image else None,
-        loading.video_pipeline(loading.load_image_pipeline("shapes"), loading.load_motion_adapter("shapes"))
-        if video
-        else None,
+        loading.load_image_pipeline("shapes", dtype) if image else None,
+        loading.video_pipeline(loading.load_image_pipeline("shapes", dtype), adapter) if video else None,
     ]
     for pipe, is_video in zip(pipes, (False, True), strict=True):
         if pipe is None:
@@ -299,19 +302,24 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="train with these TrainConfig fields instead of the preset's (recorded in the settings)",
     )
+    parser.add_argument("--precision", choices=sorted(DTYPE), default="fp32", help="render in this precision")
     args = parser.parse_args()
+    global precision
+    precision = args.precision
+    in_precision = {"precision": precision} if precision != "fp32" else {}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.work or tempfile.mkdtemp(prefix="cdvideo-bars-"))
     preset = presets.SHAPES
     trained = ("train_steps", "caption_variety", "context_weight", "composites", "num_composites", "spl_weight",
                "prior_weight", "lora_lr", "token_lr")  # fmt: skip
-    settings = {"samples": args.samples, "sampler": preset.sampler, "steps": preset.steps,
+    settings = {"samples": args.samples, "sampler": preset.sampler, "steps": preset.steps, **in_precision,
                 "train": {k: getattr(preset, k) for k in trained}}  # fmt: skip
     overrides = parse_overrides(args.set) | ({"spl_weight": args.spl_weight} if args.spl_weight is not None else {})
     settings["train"] |= overrides
     base_settings = {k: v for k, v in settings.items() if k != "train"}
-    video_settings = {"clips": args.clips, "sampler": preset.sampler, "steps": preset.steps, **motion_lora_identity()}
+    video_settings = {"clips": args.clips, "sampler": preset.sampler, "steps": preset.steps, **in_precision,
+                      **motion_lora_identity()}  # fmt: skip
     try:
         schedule = strength.parse_schedule(args.concept_schedule)
     except UserError as err:

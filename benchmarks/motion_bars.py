@@ -34,8 +34,9 @@ from cdvideo.shapes import world
 BARS = {"asked": 0.85, "class_kept": 0.90}
 
 
-def video_pipeline(concept: Path | None):
-    pipe = loading.video_pipeline(loading.load_image_pipeline("shapes"), loading.load_motion_adapter("shapes"))
+def video_pipeline(concept: Path | None, dtype: torch.dtype = torch.float32):
+    image = loading.load_image_pipeline("shapes", dtype)
+    pipe = loading.video_pipeline(image, loading.load_motion_adapter("shapes", dtype))
     pipe.scheduler = presets.make_scheduler("shapes", None, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     if concept is not None:
@@ -63,14 +64,22 @@ def rates(scores: list, direction: str) -> dict:
     }
 
 
-def measure(n: int, concept: Path | None, without: bool, only: list[str] | None, plain: bool = True, say=print) -> dict:
+def measure(
+    n: int,
+    concept: Path | None,
+    without: bool,
+    only: list[str] | None,
+    plain: bool = True,
+    say=print,
+    dtype: torch.dtype = torch.float32,
+) -> dict:
     loras = directions.family_loras("shapes")
     wanted = [d for d in ("left", "right", "up", "down") if d in loras and (not only or d in only)]
     if not wanted:
         sys.exit("no shipped Shapes motion LoRA to measure; scripts/train_motion_lora.py trains one")
     results: dict = {}
     for subject in ([None] if plain or not concept else []) + ([concept] if concept else []):
-        pipe = video_pipeline(subject)
+        pipe = video_pipeline(subject, dtype)
         sources = [loras[d][0] for d in wanted]
         adapters = motion.load_motion_loras(pipe, [], sources, concept_scale=1.0 if subject else None)
         token = concepts.load_concept(subject).token if subject else None
@@ -89,6 +98,7 @@ def measure(n: int, concept: Path | None, without: bool, only: list[str] | None,
                 scored = composition_bars.render_clips(pipe, prompts, classes, 1000 + 100 * i)
                 cell = rates(scored, direction) | {"seconds": round(time.time() - started, 1)}
                 cell |= {"lora_sha": composition_bars.lora_digest(source), "weight": weight} if use else {}
+                cell |= {"precision": "bf16"} if dtype == torch.bfloat16 else {}
                 results.setdefault(key, {}).setdefault(direction, {})["lora" if use else "no lora"] = cell
                 label = "lora" if use else "no lora"
                 say(f"{key:8s} {direction:5s} {label:8s} asked {cell['asked']:.2f}  class kept "
@@ -135,9 +145,11 @@ def main() -> None:
     parser.add_argument("--no-plain", action="store_true", help="with --concept: only the with-concept rows")
     parser.add_argument("--without", action="store_true", help="also render every cell with no motion LoRA")
     parser.add_argument("--out", type=Path, help="folder for motion_bars.json and motion_bars.md")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="render in this precision")
     args = parser.parse_args()
     command = "python benchmarks/motion_bars.py " + shlex.join(sys.argv[1:])
-    results = measure(args.clips, args.concept, args.without, args.directions, plain=not args.no_plain)
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    results = measure(args.clips, args.concept, args.without, args.directions, plain=not args.no_plain, dtype=dtype)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         previous = args.out / "motion_bars.json"

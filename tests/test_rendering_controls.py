@@ -258,3 +258,24 @@ def test_bad_concept_schedule_is_one_clear_line(schedule, tiny_base, tiny_adapte
     code = cli_main(cli_animate_args(tiny_base, tiny_adapter, tmp_path, "--concept-schedule", schedule))
     err = capsys.readouterr().err
     assert code == 2 and "--concept-schedule" in err and "SCALE:SHARE" in err and "Traceback" not in err
+
+
+def test_bf16_renders_on_the_cpu_close_to_fp32_and_is_recorded(tmp_path, monkeypatch):
+    """bf16 is a speed preset on CPUs with AMX (docs/benchmarks.md): it runs the Shapes world in bf16, draws
+    the same clip within bf16 rounding, is recorded in the settings JSON, and says so where it is slow."""
+    from cdvideo import loading
+
+    shapes = {"prompts": ["a red circle moving right"], "frames": 4}
+    fp32, _ = render("shapes", "shapes", tmp_path / "fp32", **shapes)
+    dtypes = []
+    monkeypatch.setattr(loading, "cpu_has_amx", lambda: False)
+    real = controls.apply
+    monkeypatch.setattr(controls, "apply", lambda pipe, *a, **k: (dtypes.append(pipe.unet.dtype), real(pipe, *a, **k)))
+    bf16, notes = render("shapes", "shapes", tmp_path / "bf16", precision="bf16", **shapes)
+    assert dtypes == [torch.bfloat16]
+    assert fp32.shape == bf16.shape
+    gap = np.abs(fp32.astype(float) - bf16.astype(float)).mean() / 255
+    assert 0 < gap < 0.05, gap  # another computation, the same picture
+    (settings,) = (tmp_path / "bf16").glob("*.json")
+    assert json.loads(settings.read_text())["precision"] == "bf16"
+    assert any("no AMX bf16 units" in line for line in notes)
