@@ -710,14 +710,7 @@ def train(
     if not main:
         say = _silent
     out = ensure_writable_dir(Path(cfg.output))
-    photos = data.load_photos(cfg.images, cfg.resolution)
-    for path, reason in photos.skipped:
-        say(f"skipped {path}: {reason}")
-    cfg = _with_masks(cfg, photos, say)
-    for note in photos.grouped_notes():
-        if cfg.masked_loss and note.endswith(data.COMPOSITED_NOTE):
-            note = note.replace(data.COMPOSITED_NOTE, "cut-outs: their transparency is the subject's mask for the loss")
-        say(f"note: {note}")
+    cfg, photos = _photos(cfg, say)
 
     def write_run_files(folder: Path) -> None:
         """The run's settings and photos, beside each checkpoint and the finished concept."""
@@ -831,9 +824,7 @@ def train(
         tracking.plot_curves(out, title=f"{cfg.token} {cfg.class_word}")
     accelerator.wait_for_everyone()
 
-    moved = (embeddings.detach() - original_rows).abs().sum(dim=1).nonzero().flatten().tolist()
-    if any(i != token_id for i in moved):
-        raise RuntimeError(f"embedding rows other than the token moved: {moved[:5]}")
+    _check_only_token_moved(embeddings, original_rows, token_id)
     if not main:
         return out
     with torch.no_grad(), accelerator.autocast():
@@ -845,6 +836,25 @@ def train(
     write_run_files(out)
     say(f"wrote concept to {out} (token {cfg.token}, concept-class cosine {final_cosine:.3f})")
     return out
+
+
+def _photos(cfg: TrainConfig, say) -> tuple[TrainConfig, data.PhotoSet]:
+    """The run's photos, with what was skipped and how they are read said; cut-outs turn on the masked loss."""
+    photos = data.load_photos(cfg.images, cfg.resolution)
+    for path, reason in photos.skipped:
+        say(f"skipped {path}: {reason}")
+    cfg = _with_masks(cfg, photos, say)
+    for note in photos.grouped_notes():
+        if cfg.masked_loss and note.endswith(data.COMPOSITED_NOTE):
+            note = note.replace(data.COMPOSITED_NOTE, "cut-outs: their transparency is the subject's mask for the loss")
+        say(f"note: {note}")
+    return cfg, photos
+
+
+def _check_only_token_moved(embeddings: torch.Tensor, original_rows: torch.Tensor, token_id: int) -> None:
+    moved = (embeddings.detach() - original_rows).abs().sum(dim=1).nonzero().flatten().tolist()
+    if any(i != token_id for i in moved):
+        raise RuntimeError(f"embedding rows other than the token moved: {moved[:5]}")
 
 
 def _resumed(cfg: TrainConfig, out: Path, unet_weights, embeddings, token_id: int, optimizer, say):
