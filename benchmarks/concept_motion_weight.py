@@ -22,7 +22,7 @@ import numpy as np
 from composition_bars import HEADPHONES, VIDEO_PROMPT, pipelines, render_clips
 
 from cdvideo import concept as concepts
-from cdvideo import directions, motion
+from cdvideo import directions, motion, strength
 
 
 def main() -> None:
@@ -31,8 +31,10 @@ def main() -> None:
     parser.add_argument("--direction", default="right", choices=("left", "right", "up", "down"))
     parser.add_argument("--bare", action="store_true", help="the motion bars' prompt: 'a <tok> circle moving left'")
     parser.add_argument("--clips", type=int, default=16)
+    parser.add_argument("--concept-schedule", metavar="SCALE:SHARE", help="as `cdvideo animate --concept-schedule`")
     parser.add_argument("--weights", type=float, nargs="+", default=[1.0, 1.5, 2.0])
     args = parser.parse_args()
+    schedule = strength.parse_schedule(args.concept_schedule)
     _, video = pipelines(args.concept, image=False)
     token = concepts.load_concept(args.concept).token
     template = "{} moving right" if args.bare else VIDEO_PROMPT
@@ -42,15 +44,17 @@ def main() -> None:
     asked = f"moving {args.direction}"
     for weight in args.weights:
         adapters.activate(video, source, weight)
-        scored = render_clips(video, [prompt] * args.clips, ["circle"] * args.clips, 400)
+        scored = render_clips(video, [prompt] * args.clips, ["circle"] * args.clips, 400, schedule=schedule)
         frames = [f for clip in scored for f in clip.frames]
         row = {
             "direction": args.direction,
             "prompt": prompt,
             "weight": weight,
+            "concept_schedule": args.concept_schedule,
             "clips": args.clips,
             "moving_asked": float(np.mean([c.motion == asked for c in scored])),
             "still": float(np.mean([c.motion == "" for c in scored])),
+            "frames_stripes": float(np.mean([bool(f.pattern) for f in frames])),
             "frames_stripes_headphones": float(np.mean([f.pattern and f.accessory == HEADPHONES for f in frames])),
             "motions": [c.motion or "still" for c in scored],
         }
