@@ -179,8 +179,10 @@ def worker_reference(args) -> dict:
 
     from cdvideo import data, loading
     from cdvideo.loss import at_eos, eos_features, semantic_preservation_loss
+    from cdvideo.objective import diffusion_target
     from cdvideo.prompts import add_token
-    from cdvideo.training import _diffusion_target, _tokenize, make_trainable, seed_everything
+    from cdvideo.training import make_trainable, seed_everything
+    from cdvideo.training_inputs import tokenize
 
     cfg = _train_config(args)
     device = loading.pick_device(cfg.device)
@@ -214,14 +216,14 @@ def worker_reference(args) -> dict:
         )
         noisy = noise_scheduler.add_noise(latents, noise, timesteps)
         # DreamBooth: the batch's prompts (tokenized by the dataset) through the text encoder every step.
-        input_ids = _tokenize(tokenizer, [concept_prompt] * cfg.batch_size, device)
+        input_ids = tokenize(tokenizer, [concept_prompt] * cfg.batch_size, device)
         hidden = text_encoder(input_ids)[0]
         # SPL the same way: the class prompt's batch, every step (no grad: it is only the target).
-        class_ids = _tokenize(tokenizer, [class_prompt] * cfg.batch_size, device)
+        class_ids = tokenize(tokenizer, [class_prompt] * cfg.batch_size, device)
         with torch.no_grad():
             class_features = eos_features(text_encoder, class_ids, eos_id)
         prediction = unet(noisy, timesteps, hidden, return_dict=False)[0]
-        target = _diffusion_target(noise_scheduler, latents, noise, timesteps)
+        target = diffusion_target(noise_scheduler, latents, noise, timesteps)
         mse = F.mse_loss(prediction.float(), target.float(), reduction="mean")
         spl = semantic_preservation_loss(at_eos(hidden, input_ids, eos_id), class_features)
         loss = mse + cfg.spl_weight * spl

@@ -19,8 +19,9 @@ from cdvideo import composites, data, presets, strength
 from cdvideo import concept as concepts
 from cdvideo.cli import main as cli_main
 from cdvideo.demo import write_subject_photos
+from cdvideo.objective import batch_loss, draw_composites, subject_captions
 from cdvideo.shapes import scorer, world
-from cdvideo.training import TrainConfig, _batch_loss, _draw_composites, _subject_captions
+from cdvideo.training import TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +80,7 @@ def _prediction_grads(base: Path, mask: torch.Tensor | None, term: str, context_
         "class_spl": torch.zeros(1, 32),
     }
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    parts = _batch_loss(cfg, batch, pipe.unet, pipe.text_encoder, scheduler, torch.Generator().manual_seed(1), 1.0)[1]
+    parts = batch_loss(cfg, batch, pipe.unet, pipe.text_encoder, scheduler, torch.Generator().manual_seed(1), 1.0)[1]
     parts[term].backward()
     return predictions[-1].grad.abs().sum(dim=1, keepdim=True)
 
@@ -108,10 +109,10 @@ def test_caption_variety_draws_phrases_at_the_asked_share():
     ids = torch.zeros(len(presets.SHAPES.caption_phrases) + 1, 77, dtype=torch.long)
     generator = torch.Generator().manual_seed(0)
     for share in (0.0, 0.5, 1.0):
-        rows = _subject_captions({"variety_rows": len(ids), "variety": share}, picks, generator)
+        rows = subject_captions({"variety_rows": len(ids), "variety": share}, picks, generator)
         assert float((rows > 0).float().mean()) == pytest.approx(share, abs=0.03)
     # Every phrase can be drawn, and row 0 (the plain concept phrase SPL reads) is never a phrase.
-    rows = _subject_captions({"variety_rows": len(ids), "variety": 1.0}, picks, generator)
+    rows = subject_captions({"variety_rows": len(ids), "variety": 1.0}, picks, generator)
     assert set(rows.tolist()) == set(range(1, len(ids)))
 
 
@@ -188,7 +189,7 @@ def test_composites_are_drawn_at_the_asked_share_and_taught_whole():
     latents, rows, mask = torch.zeros(n, 4, 2, 2), torch.zeros(n, dtype=torch.long), torch.zeros(n, 1, 2, 2)
     batch = {"composites": (torch.ones(3, 4, 2, 2), torch.zeros(3, 4, 2, 2), torch.tensor([5, 6, 7]))}
     for share in (0.0, 0.3, 1.0):
-        out, out_rows, out_mask = _draw_composites(share, batch, latents, rows, mask, torch.Generator().manual_seed(0))
+        out, out_rows, out_mask = draw_composites(share, batch, latents, rows, mask, torch.Generator().manual_seed(0))
         drawn = out.flatten(1).amax(1) > 0
         assert float(drawn.float().mean()) == pytest.approx(share, abs=0.03)
         # A composite item carries its scene's caption and its whole picture is taught.
@@ -276,7 +277,7 @@ def _prior_term(base: Path, prior_target: str, learned: bool) -> float:
     }  # fmt: skip
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     with torch.no_grad():
-        parts = _batch_loss(cfg, batch, pipe.unet, pipe.text_encoder, scheduler, torch.Generator().manual_seed(1), 1.0)
+        parts = batch_loss(cfg, batch, pipe.unet, pipe.text_encoder, scheduler, torch.Generator().manual_seed(1), 1.0)
     return float(parts[1]["prior"])
 
 

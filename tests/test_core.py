@@ -408,12 +408,12 @@ def test_prior_images_drawn_from_several_prompts_keep_their_captions(tiny_base, 
 
 
 def test_class_image_captions_follow_kohya_sidecars(tmp_path):
-    from cdvideo.training import _class_prompts
+    from cdvideo.training_inputs import class_prompts
 
     (tmp_path / "a.txt").write_text("a photo of a cat on the beach\n")
     (tmp_path / "c.txt").write_text("   \n")  # an empty caption is no caption
     paths = [tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.png"]
-    assert _class_prompts(paths, "a photo of a dog") == [
+    assert class_prompts(paths, "a photo of a dog") == [
         "a photo of a cat on the beach",
         "a photo of a dog",
         "a photo of a dog",
