@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -332,39 +333,27 @@ def _nonfinite_message(step: int, last_good: Path | None) -> str:
     return f"loss became NaN or infinite by step {step}; lower --lora-lr/--token-lr ({where})"
 
 
-def train(
-    cfg: TrainConfig,
-    say: Callable[[str], None] = print,
-    progress: bool = True,
-    after_backward: Callable[[dict], None] | None = None,
-) -> Path:
-    """Train a concept and write its folder; returns the folder.
+@dataclass
+class _Run:
+    """What the training loop works on, built once before it: the pipeline, the trainables, the
+    precomputed batch inputs and the clip composites."""
 
-    Runs as one process, or as several under `accelerate launch` (each draws its own batches;
-    the gradients are averaged; the main process alone writes files). `after_backward`, if given,
-    sees the models after each synchronised backward pass (tests check there that gradients
-    reach only the LoRA and the token row).
-    """
-    cfg = cfg.resolved()
-    validate(cfg)
-    accelerator = make_accelerator(cfg)
+    pipe: object
+    noise_scheduler: DDPMScheduler
+    token_id: int
+    embeddings: torch.Tensor
+    original_rows: torch.Tensor
+    optimizer: torch.optim.Optimizer
+    unet_weights: LoraWeights | FullWeights
+    batch: dict
+    clips: tuple | None
+    motion_unet: object | None
+
+
+def _build_run(cfg: TrainConfig, photos: data.PhotoSet, out: Path, accelerator, say) -> _Run:
+    """Load the base model, draw what training reads (prior images, scene and clip composites), add
+    the token and the trainable weights, and precompute the batch inputs."""
     device = accelerator.device
-    main = accelerator.is_main_process
-    if not main:
-        say = _silent
-    out = ensure_writable_dir(Path(cfg.output))
-    cfg, photos = _photos(cfg, say)
-
-    def write_run_files(folder: Path) -> None:
-        """The run's settings and photos, beside each checkpoint and the finished concept."""
-        save_photos(folder, photos.images)
-        write_json_atomic(folder / CONFIG_FILE, {**asdict(cfg), "num_processes": accelerator.num_processes})
-
-    say(f"training '{cfg.token} {cfg.class_word}' on {len(photos.images)} photos, base {cfg.base}, {cfg.steps} steps")
-    if accelerator.num_processes > 1 or cfg.gradient_accumulation > 1:
-        per_step = cfg.batch_size * accelerator.num_processes * cfg.gradient_accumulation
-        say(f"{accelerator.num_processes} processes x {cfg.gradient_accumulation} accumulated: {per_step} per step")
-
     seed_everything(cfg.seed)  # same LoRA initialisation in every process
     pipe = loading.load_image_pipeline(cfg.base, torch.float32, config=cfg.base_config).to(device)
     tokenizer, text_encoder, vae, unet = pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet
@@ -381,7 +370,6 @@ def train(
     )
     for note in notes:
         say(f"note: {note}")
-
     embeddings, optimizer, unet_weights = make_trainable(cfg, unet, text_encoder, vae, token_id)
     original_rows = embeddings.detach().clone()
 
@@ -389,46 +377,71 @@ def train(
     # Built after the LoRA is added: its spatial modules are the UNet's own, LoRA included.
     motion_unet = clip_composites.shared_motion_unet(unet, motion_adapter) if clip_set else None
     clips = inputs.clip_latents(clip_set, tokenizer, vae, device) if clip_set else None
-
     memory.prepare_models(cfg, unet, text_encoder, vae)  # after the fp32 precomputation above
+    return _Run(pipe, noise_scheduler, token_id, embeddings, original_rows, optimizer, unet_weights, batch, clips,
+                motion_unet)  # fmt: skip
 
-    state = _resumed(cfg, out, unet_weights, embeddings, token_id, optimizer, say)
-    # Each process draws its own batches; one process continues a checkpoint's exact stream.
-    generator = torch.Generator(device).manual_seed(cfg.seed + accelerator.process_index)
-    if state.generator_state is not None and accelerator.num_processes == 1:
-        generator.set_state(state.generator_state)
-    elif state.step:
-        generator.manual_seed(cfg.seed + accelerator.process_index + 7919 * state.step)
 
-    models = {"unet": unet, "text_encoder": text_encoder, "vae": vae, "token_id": token_id, "weights": unet_weights}
-    ddp_unet, ddp_text_encoder, optimizer = accelerator.prepare(unet, text_encoder, optimizer)
+def _write_run_files(folder: Path, cfg: TrainConfig, photos: data.PhotoSet, processes: int) -> None:
+    """The run's settings and photos, beside each checkpoint and the finished concept."""
+    save_photos(folder, photos.images)
+    write_json_atomic(folder / CONFIG_FILE, {**asdict(cfg), "num_processes": processes})
+
+
+def train(
+    cfg: TrainConfig,
+    say: Callable[[str], None] = print,
+    progress: bool = True,
+    after_backward: Callable[[dict], None] | None = None,
+) -> Path:
+    """Train a concept and write its folder; returns the folder.
+
+    Runs as one process, or as several under `accelerate launch` (each draws its own batches;
+    the gradients are averaged; the main process alone writes files). `after_backward`, if given,
+    sees the models after each synchronised backward pass (tests check there that gradients
+    reach only the LoRA and the token row).
+    """
+    cfg = cfg.resolved()
+    validate(cfg)
+    accelerator = make_accelerator(cfg)
+    main = accelerator.is_main_process
+    say = say if main else _silent
+    out = ensure_writable_dir(Path(cfg.output))
+    cfg, photos = _photos(cfg, say)
+    write_run_files = partial(_write_run_files, cfg=cfg, photos=photos, processes=accelerator.num_processes)
+    say(f"training '{cfg.token} {cfg.class_word}' on {len(photos.images)} photos, base {cfg.base}, {cfg.steps} steps")
+    if accelerator.num_processes > 1 or cfg.gradient_accumulation > 1:
+        per_step = cfg.batch_size * accelerator.num_processes * cfg.gradient_accumulation
+        say(f"{accelerator.num_processes} processes x {cfg.gradient_accumulation} accumulated: {per_step} per step")
+
+    run = _build_run(cfg, photos, out, accelerator, say)
+    unet, text_encoder, vae = run.pipe.unet, run.pipe.text_encoder, run.pipe.vae
+    state = _resumed(cfg, out, run.unet_weights, run.embeddings, run.token_id, run.optimizer, say)
+    generator = _batch_generator(cfg, state, accelerator)
+    models = {"unet": unet, "text_encoder": text_encoder, "vae": vae, "token_id": run.token_id,
+              "weights": run.unet_weights}  # fmt: skip
+    ddp_unet, ddp_text_encoder, optimizer = accelerator.prepare(unet, text_encoder, run.optimizer)
     log = tracking.MetricsLog(out, state.step) if main else None
-    validate_at = _validation_hook(cfg, pipe, out) if cfg.validate_every and main else None
+    validate_at = _validation_hook(cfg, run.pipe, out) if cfg.validate_every and main else None
     bar = tqdm(total=cfg.steps, initial=state.step, desc="train", disable=not (progress and main))
-    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+    nonfinite = torch.zeros((), dtype=torch.bool, device=accelerator.device)
+    noise_scheduler, scaling = run.noise_scheduler, vae.config.scaling_factor
     for step in range(state.step, cfg.steps):
         for micro in range(cfg.gradient_accumulation):
             with accelerator.accumulate(ddp_unet, ddp_text_encoder), accelerator.autocast():
                 loss, parts, _ = objective.batch_loss(
-                    cfg,
-                    batch,
-                    ddp_unet,
-                    ddp_text_encoder,
-                    noise_scheduler,
-                    generator,
-                    vae.config.scaling_factor,
-                    unet_weights,
+                    cfg, run.batch, ddp_unet, ddp_text_encoder, noise_scheduler, generator, scaling, run.unet_weights
                 )
-                if clips is not None and step % cfg.clip_every == 0:
+                if run.clips is not None and step % cfg.clip_every == 0:
                     draw = _clip_generator(cfg, step * cfg.gradient_accumulation + micro, accelerator)
                     loss = loss + cfg.clip_every * cfg.clip_composites * objective.clip_loss(
-                        motion_unet, ddp_text_encoder, clips, noise_scheduler, draw, vae.config.scaling_factor
+                        run.motion_unet, ddp_text_encoder, run.clips, noise_scheduler, draw, scaling
                     )
                 accelerator.backward(loss)
                 if after_backward and accelerator.sync_gradients:
                     after_backward(models)
                 if cfg.max_grad_norm and accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_([*unet_weights.params, embeddings], cfg.max_grad_norm)
+                    accelerator.clip_grad_norm_([*run.unet_weights.params, run.embeddings], cfg.max_grad_norm)
                 optimizer.step()  # a no-op until the accumulation is complete
                 optimizer.zero_grad(set_to_none=True)
             nonfinite |= ~torch.isfinite(loss)  # checked when we sync anyway: logging and checkpoints
@@ -446,16 +459,8 @@ def train(
             record = log.flush()
             bar.set_postfix(mse=f"{record['mse']:.4f}", spl=f"{record['spl']:.4f}", cos=f"{record['cosine']:.3f}")
         if due_checkpoint and main:
-            checkpoints.save(
-                out,
-                step + 1,
-                unet_weights.state(),
-                embeddings[token_id],
-                optimizer,
-                generator,
-                cfg.keep_checkpoints,
-                write_run_files,
-            )
+            checkpoints.save(out, step + 1, run.unet_weights.state(), run.embeddings[run.token_id], optimizer,
+                             generator, cfg.keep_checkpoints, write_run_files)  # fmt: skip
         if validate_at and ((step + 1) % cfg.validate_every == 0 or step + 1 == cfg.steps):
             with accelerator.autocast():  # frozen weights may be in half precision
                 validate_at(step + 1)
@@ -466,19 +471,33 @@ def train(
         log.flush()
         tracking.plot_curves(out, title=f"{cfg.token} {cfg.class_word}")
     accelerator.wait_for_everyone()
+    _check_only_token_moved(run.embeddings, run.original_rows, run.token_id)
+    if main:
+        _save(cfg, run, out, log.last, accelerator, write_run_files, say)
+    return out
 
-    _check_only_token_moved(embeddings, original_rows, token_id)
-    if not main:
-        return out
+
+def _batch_generator(cfg: TrainConfig, state: checkpoints.TrainState, accelerator) -> torch.Generator:
+    """The batches' random stream: each process draws its own; one process continues a checkpoint's exact
+    stream."""
+    generator = torch.Generator(accelerator.device).manual_seed(cfg.seed + accelerator.process_index)
+    if state.generator_state is not None and accelerator.num_processes == 1:
+        generator.set_state(state.generator_state)
+    elif state.step:
+        generator.manual_seed(cfg.seed + accelerator.process_index + 7919 * state.step)
+    return generator
+
+
+def _save(cfg: TrainConfig, run: _Run, out: Path, metrics: dict, accelerator, write_run_files, say) -> None:
+    """The finished concept, with its final concept-class cosine, then the run's settings and photos."""
     with torch.no_grad(), accelerator.autocast():
-        concept = eos_features(text_encoder, batch["concept_ids"][:1], batch["eos_id"])
-        final_cosine = concept_class_cosine(concept, batch["class_features"]).item()
-    concept = concept_record(cfg, cfg.steps, round(final_cosine, 6), log.last)
-    save_concept(out, concept, unet_weights.state(), embeddings[token_id])
+        concept = eos_features(run.pipe.text_encoder, run.batch["concept_ids"][:1], run.batch["eos_id"])
+        final_cosine = concept_class_cosine(concept, run.batch["class_features"]).item()
+    record = concept_record(cfg, cfg.steps, round(final_cosine, 6), metrics)
+    save_concept(out, record, run.unet_weights.state(), run.embeddings[run.token_id])
     # After the concept: a run that fails while saving leaves the earlier concept's files as they were.
     write_run_files(out)
     say(f"wrote concept to {out} (token {cfg.token}, concept-class cosine {final_cosine:.3f})")
-    return out
 
 
 def _photos(cfg: TrainConfig, say) -> tuple[TrainConfig, data.PhotoSet]:
