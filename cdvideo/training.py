@@ -378,8 +378,18 @@ def _build_run(cfg: TrainConfig, photos: data.PhotoSet, out: Path, accelerator, 
     motion_unet = clip_composites.shared_motion_unet(unet, motion_adapter) if clip_set else None
     clips = inputs.clip_latents(clip_set, tokenizer, vae, device) if clip_set else None
     memory.prepare_models(cfg, unet, text_encoder, vae)  # after the fp32 precomputation above
-    return _Run(pipe, noise_scheduler, token_id, embeddings, original_rows, optimizer, unet_weights, batch, clips,
-                motion_unet)  # fmt: skip
+    return _Run(
+        pipe=pipe,
+        noise_scheduler=noise_scheduler,
+        token_id=token_id,
+        embeddings=embeddings,
+        original_rows=original_rows,
+        optimizer=optimizer,
+        unet_weights=unet_weights,
+        batch=batch,
+        clips=clips,
+        motion_unet=motion_unet,
+    )
 
 
 def _write_run_files(folder: Path, cfg: TrainConfig, photos: data.PhotoSet, processes: int) -> None:
@@ -418,8 +428,13 @@ def train(
     unet, text_encoder, vae = run.pipe.unet, run.pipe.text_encoder, run.pipe.vae
     state = _resumed(cfg, out, run.unet_weights, run.embeddings, run.token_id, run.optimizer, say)
     generator = _batch_generator(cfg, state, accelerator)
-    models = {"unet": unet, "text_encoder": text_encoder, "vae": vae, "token_id": run.token_id,
-              "weights": run.unet_weights}  # fmt: skip
+    models = {
+        "unet": unet,
+        "text_encoder": text_encoder,
+        "vae": vae,
+        "token_id": run.token_id,
+        "weights": run.unet_weights,
+    }
     ddp_unet, ddp_text_encoder, optimizer = accelerator.prepare(unet, text_encoder, run.optimizer)
     log = tracking.MetricsLog(out, state.step) if main else None
     validate_at = _validation_hook(cfg, run.pipe, out) if cfg.validate_every and main else None
@@ -459,8 +474,10 @@ def train(
             record = log.flush()
             bar.set_postfix(mse=f"{record['mse']:.4f}", spl=f"{record['spl']:.4f}", cos=f"{record['cosine']:.3f}")
         if due_checkpoint and main:
-            checkpoints.save(out, step + 1, run.unet_weights.state(), run.embeddings[run.token_id], optimizer,
-                             generator, cfg.keep_checkpoints, write_run_files)  # fmt: skip
+            weights, token_row = run.unet_weights.state(), run.embeddings[run.token_id]
+            checkpoints.save(
+                out, step + 1, weights, token_row, optimizer, generator, cfg.keep_checkpoints, write_run_files
+            )
         if validate_at and ((step + 1) % cfg.validate_every == 0 or step + 1 == cfg.steps):
             with accelerator.autocast():  # frozen weights may be in half precision
                 validate_at(step + 1)
