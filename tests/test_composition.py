@@ -334,3 +334,18 @@ def test_composition_bars_keep_the_concept_on_beside_the_asked_motion_lora(tmp_p
     with_concept = clip()
     strength.set_adapter_scale(video.unet, concepts.ADAPTER_NAME, 0.0)
     assert (clip() - with_concept).abs().max() > 1e-4
+
+
+def test_plain_leak_splits_the_plain_prompts_and_the_base_model_wears_no_stripes(tmp_path, monkeypatch, capsys):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import plain_leak
+
+    table = plain_leak.breakdown(None, samples=2)
+    assert list(table) == [p for p, *_ in scorer.PLAIN_PROMPTS]
+    for rates in table.values():
+        assert rates["stripes"] == 0.0  # the base model has never seen the subject
+        assert rates["all right"] <= min(rates["class"], rates["colour"], rates["accessory"])
+    assert "| a green triangle | stripes | 0.00 |" in plain_leak.markdown({"base": table})
+    monkeypatch.setattr(sys, "argv", ["plain_leak.py", f"spl1={tmp_path / 'nowhere'}"])
+    with pytest.raises(SystemExit, match="no such concept folder"):
+        plain_leak.main()
