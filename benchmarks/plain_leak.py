@@ -14,11 +14,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import composition_bars
 import numpy as np
-import torch
 
-from cdvideo import concept as concepts
-from cdvideo import loading, presets
+from cdvideo import presets
 from cdvideo.atomic import write_json_atomic
 from cdvideo.shapes import scorer
 
@@ -27,11 +26,7 @@ COLUMNS = ("class", "colour", "accessory", "all right", "stripes")
 
 def breakdown(folder: Path | None, samples: int, seed: int = 300) -> dict[str, dict[str, float]]:
     """Per plain prompt, the rate of each column, sampled as `composition_bars.py` samples them."""
-    pipe = loading.load_image_pipeline("shapes", torch.float32)
-    pipe.scheduler = presets.make_scheduler("shapes", None, pipe.scheduler.config, video=False)
-    pipe.set_progress_bar_config(disable=True)
-    if folder is not None:
-        concepts.apply_concept(pipe, folder, concepts.load_concept(folder), fuse=True)
+    pipe, _ = composition_bars.pipelines(folder, video=False)  # as the bars sample: same sampler, fused concept
     table = {}
     for prompt, cls, colour, accessory in scorer.PLAIN_PROMPTS:
         scores = scorer.sample_and_score(
