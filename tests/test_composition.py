@@ -15,13 +15,14 @@ from peft import LoraConfig
 from PIL import Image
 
 import cdvideo
-from cdvideo import composites, data, presets, strength
+from cdvideo import composites, data, loading, presets, strength
 from cdvideo import concept as concepts
 from cdvideo.cli import main as cli_main
 from cdvideo.demo import write_subject_photos
 from cdvideo.objective import batch_loss, draw_composites, subject_captions
 from cdvideo.shapes import scorer, world
 from cdvideo.training import TrainConfig
+from cdvideo.training_inputs import generate_class_images
 
 
 @pytest.fixture(scope="module")
@@ -211,6 +212,29 @@ def test_shapes_training_fits_the_subject_into_scenes(cutouts, tmp_path):
         text = caption.read_text().strip()
         assert text.startswith("a photo of a <new1> circle ") and text[len("a photo of a <new1> circle ") :] in phrases
         assert caption.with_suffix(".png").is_file()
+    # The scenes show what their captions ask (hat, scarf, headphones, sky): drawn at the pipeline's
+    # default guidance (7.5) instead of the family's (3.0), the scarf scene showed no scarf, and the
+    # composites taught "<tok> circle with a scarf" on pictures without one.
+    scenes = sorted((out / "composites" / "scenes").glob("*.png"))
+    scores = scorer.score_frames(np.stack([np.asarray(Image.open(p).convert("RGB")) for p in scenes]))
+    asked = [p.with_suffix(".txt").read_text().strip().removeprefix("a photo of a circle ") for p in scenes]
+    assert asked == list(world.scene_phrases()[:4])
+    assert [(s.cls, s.accessory, s.background) for s in scores] == [
+        ("circle", "wearing a hat", ""), ("circle", "with a scarf", ""), ("circle", "wearing headphones", ""),
+        ("circle", "", "in the sky"),
+    ]  # fmt: skip
+
+
+def test_prior_images_follow_the_familys_guidance(tmp_path):
+    pipe = loading.load_image_pipeline("shapes", torch.float32)
+    pipe.scheduler = presets.make_scheduler("shapes", None, pipe.scheduler.config, video=False)
+    folder = tmp_path / "scenes"
+    prompt = "a photo of a circle with a scarf"
+    generate_class_images(pipe, presets.SHAPES, [prompt], 8, 64, folder, 0, say=lambda s: None)
+    images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(folder.glob("*.png"))]
+    assert len(images) == 8 and all((p.with_suffix(".txt")).read_text().strip() == prompt for p in folder.glob("*.png"))
+    read = [s.accessory for s in scorer.score_frames(np.stack(images))]
+    assert read.count("with a scarf") >= 7, read
 
 
 @pytest.mark.parametrize(
