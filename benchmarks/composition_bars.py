@@ -73,19 +73,21 @@ def pipelines(folder: Path | None, sampler: str | None = None, image: bool = Tru
     return tuple(pipes)
 
 
+def asked_parts(phrase: str) -> dict[str, str]:
+    """The accessory and the background a composition phrase names ("" for none)."""
+    return {
+        "accessory": next((a for a in world.ACCESSORIES if a and a in phrase), ""),
+        "background": next((b for b in world.BACKGROUNDS if b and b in phrase), ""),
+    }
+
+
 def right(score, phrase: str, subject: bool) -> bool:
     """Class, the phrase's accessory and background, and (for a concept) the stripes, all right."""
-    parsed = {"accessory": "", "background": ""}
-    for accessory in world.ACCESSORIES:
-        if accessory and accessory in phrase:
-            parsed["accessory"] = accessory
-    for background in world.BACKGROUNDS:
-        if background and background in phrase:
-            parsed["background"] = background
+    asked = asked_parts(phrase)
     return (
         score.cls == "circle"
-        and score.accessory == parsed["accessory"]
-        and (score.background or "") == parsed["background"]
+        and score.accessory == asked["accessory"]
+        and (score.background or "") == asked["background"]
         and (score.pattern or not subject)
     )
 

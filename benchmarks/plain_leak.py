@@ -7,6 +7,10 @@ long training loses them (docs/composition/README.md, "SPL 0 / 1 at 10x the trai
 
     python benchmarks/plain_leak.py base spl0=runs/bars-v4-10x-spl0/s1-d571dcb7 \
         spl1=runs/bars-v4-10x-spl1/s1-5a311a19 --samples 64 --json docs/composition/plain-leak-10x-seed1.json
+
+`--concept-prompts` splits the concept's own composition prompts the same way ("a <tok> circle with a
+scarf": class, accessory, background, stripes, all right), to say which part of a failed bar is lost;
+the base model is asked the same prompts without the token.
 """
 
 from __future__ import annotations
@@ -17,38 +21,67 @@ from pathlib import Path
 import composition_bars
 import numpy as np
 
+from cdvideo import concept as concepts
 from cdvideo import presets
 from cdvideo.atomic import write_json_atomic
-from cdvideo.shapes import scorer
+from cdvideo.shapes import scorer, world
 
-COLUMNS = ("class", "colour", "accessory", "all right", "stripes")
+# The concept's prompts split here: each accessory and each background alone (the pairs add no new part).
+CONCEPT_PHRASES = tuple(p for p in (*world.ACCESSORIES, *world.BACKGROUNDS) if p)
 
 
-def breakdown(folder: Path | None, samples: int, seed: int = 300) -> dict[str, dict[str, float]]:
-    """Per plain prompt, the rate of each column, sampled as `composition_bars.py` samples them."""
+def _plain_hits(scores, cls: str, colour: str, accessory: str) -> dict[str, list[bool]]:
+    hits = {
+        "class": [s.cls == cls for s in scores],
+        "colour": [s.colour == colour for s in scores],
+        "accessory": [s.accessory == accessory for s in scores],
+        "stripes": [s.pattern for s in scores],
+    }
+    hits["all right"] = [a and b and c for a, b, c in zip(hits["class"], hits["colour"], hits["accessory"])]
+    return hits
+
+
+def _concept_hits(scores, phrase: str, is_concept: bool) -> dict[str, list[bool]]:
+    asked = composition_bars.asked_parts(phrase)
+    return {
+        "class": [s.cls == "circle" for s in scores],
+        "accessory": [s.accessory == asked["accessory"] for s in scores],
+        "background": [(s.background or "") == asked["background"] for s in scores],
+        "stripes": [s.pattern for s in scores],
+        "all right": [composition_bars.right(s, phrase, is_concept) for s in scores],
+    }
+
+
+def breakdown(folder: Path | None, samples: int, seed: int = 300, concept_prompts: bool = False) -> dict:
+    """Per prompt, the rate of each column, sampled as `composition_bars.py` samples them: the plain
+    prompts, or with `concept_prompts` the concept's own ("a <tok> circle PHRASE"; for the base model the
+    class phrase alone), keyed by the prompt without the token."""
     pipe, _ = composition_bars.pipelines(folder, video=False)  # as the bars sample: same sampler, fused concept
-    table = {}
-    for prompt, cls, colour, accessory in scorer.PLAIN_PROMPTS:
+    subject = f"{concepts.load_concept(folder).token} circle" if folder and concept_prompts else "circle"
+
+    def rates(prompt: str, hits_of) -> dict[str, float]:
         scores = scorer.sample_and_score(
             pipe, prompt, samples, steps=presets.SHAPES.steps, guidance=presets.SHAPES.guidance, seed=seed
         )
-        hits = {
-            "class": [s.cls == cls for s in scores],
-            "colour": [s.colour == colour for s in scores],
-            "accessory": [s.accessory == accessory for s in scores],
-            "stripes": [s.pattern for s in scores],
+        return {column: float(np.mean(hits)) for column, hits in hits_of(scores).items()}
+
+    if concept_prompts:
+        is_concept = folder is not None
+        return {
+            f"a circle {phrase}": rates(f"a {subject} {phrase}", lambda s, p=phrase: _concept_hits(s, p, is_concept))
+            for phrase in CONCEPT_PHRASES
         }
-        hits["all right"] = [a and b and c for a, b, c in zip(hits["class"], hits["colour"], hits["accessory"])]
-        table[prompt] = {k: float(np.mean(hits[k])) for k in COLUMNS}
-    return table
+    plain = scorer.PLAIN_PROMPTS
+    return {prompt: rates(prompt, lambda s, e=expected: _plain_hits(s, *e)) for prompt, *expected in plain}
 
 
 def markdown(tables: dict[str, dict[str, dict[str, float]]]) -> str:
     names = list(tables)
     head = "| prompt | column | " + " | ".join(names) + " |"
     rows = [head, "|" + "---|" * (len(names) + 2)]
-    for prompt, *_ in scorer.PLAIN_PROMPTS:
-        for column in COLUMNS:
+    first = tables[names[0]]
+    for prompt in first:
+        for column in first[prompt]:
             cells = " | ".join(f"{tables[n][prompt][column]:.2f}" for n in names)
             rows.append(f"| {prompt} | {column} | {cells} |")
     return "\n".join(rows)
@@ -59,18 +92,22 @@ def main() -> None:
     parser.add_argument("models", nargs="+", help="'base', or NAME=CONCEPT_FOLDER")
     parser.add_argument("--samples", type=int, default=64, help="images per prompt")
     parser.add_argument("--json", help="also write the rates here")
+    parser.add_argument(
+        "--concept-prompts", action="store_true", help="split the concept's composition prompts instead"
+    )
     args = parser.parse_args()
     tables = {}
     for model in args.models:
         name, _, folder = model.partition("=")
         if folder and not Path(folder).is_dir():
             raise SystemExit(f"{folder}: no such concept folder; give NAME=FOLDER of a trained concept")
-        tables[name] = breakdown(Path(folder) if folder else None, args.samples)
+        tables[name] = breakdown(Path(folder) if folder else None, args.samples, concept_prompts=args.concept_prompts)
         print(f"{name} done", flush=True)
     print(markdown(tables))
     if args.json:
         models = dict(model.partition("=")[::2] for model in args.models)
-        write_json_atomic(Path(args.json), {"samples": args.samples, "models": models, "rates": tables})
+        record = {"samples": args.samples, "concept_prompts": args.concept_prompts, "models": models}
+        write_json_atomic(Path(args.json), record | {"rates": tables})
 
 
 if __name__ == "__main__":

@@ -373,3 +373,31 @@ def test_plain_leak_splits_the_plain_prompts_and_the_base_model_wears_no_stripes
     monkeypatch.setattr(sys, "argv", ["plain_leak.py", f"spl1={tmp_path / 'nowhere'}"])
     with pytest.raises(SystemExit, match="no such concept folder"):
         plain_leak.main()
+
+
+def test_plain_leak_splits_the_concepts_own_prompts_by_part(cutouts, tmp_path, monkeypatch, capsys):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import plain_leak
+
+    out = tmp_path / "concept"
+    args = ["train", str(cutouts), "--class-word", "circle", "--base", "shapes", "--output", str(out),
+            "--steps", "1", "--prior-weight", "0"]  # fmt: skip
+    assert cli_main(args) == 0
+    phrases = [p for p in (*world.ACCESSORIES, *world.BACKGROUNDS) if p]
+    asked = [f"a circle {p}" for p in phrases]
+    json_path = tmp_path / "split.json"
+    argv = ["plain_leak.py", "base", f"c={out}", "--samples", "2", "--concept-prompts", "--json", str(json_path)]
+    monkeypatch.setattr(sys, "argv", argv)
+    plain_leak.main()
+    saved = json.loads(json_path.read_text())
+    assert saved["concept_prompts"] is True and saved["models"] == {"base": "", "c": str(out)}
+    for name, table in saved["rates"].items():
+        assert list(table) == asked
+        for rates in table.values():
+            assert list(rates) == ["class", "accessory", "background", "stripes", "all right"]
+            parts = [rates["class"], rates["accessory"], rates["background"]]
+            # A concept's prompt is all right only with the stripes; the base model's never wears them.
+            assert rates["all right"] <= min(parts + ([rates["stripes"]] if name == "c" else []))
+        if name == "base":
+            assert all(rates["stripes"] == 0.0 for rates in table.values())
+    assert "| a circle with a scarf | accessory |" in capsys.readouterr().out
