@@ -10,7 +10,9 @@ long training loses them (docs/composition/README.md, "SPL 0 / 1 at 10x the trai
 
 `--concept-prompts` splits the concept's own composition prompts the same way ("a <tok> circle with a
 scarf": class, accessory, background, stripes, all right), to say which part of a failed bar is lost;
-the base model is asked the same prompts without the token.
+the base model is asked the same prompts without the token. With `--without-token` the concept is
+asked them without its token too ("a circle with a scarf", the concept loaded): what its LoRA alone does
+to the scene prompts that the recipe's prior holds to the base model.
 """
 
 from __future__ import annotations
@@ -52,12 +54,15 @@ def _concept_hits(scores, phrase: str, is_concept: bool) -> dict[str, list[bool]
     }
 
 
-def breakdown(folder: Path | None, samples: int, seed: int = 300, concept_prompts: bool = False) -> dict:
+def breakdown(
+    folder: Path | None, samples: int, seed: int = 300, concept_prompts: bool = False, with_token: bool = True
+) -> dict:
     """Per prompt, the rate of each column, sampled as `composition_bars.py` samples them: the plain
-    prompts, or with `concept_prompts` the concept's own ("a <tok> circle PHRASE"; for the base model the
-    class phrase alone), keyed by the prompt without the token."""
+    prompts, or with `concept_prompts` the concept's own ("a <tok> circle PHRASE"; for the base model, or
+    without `with_token`, the class phrase alone), keyed by the prompt without the token."""
     pipe, _ = composition_bars.pipelines(folder, video=False)  # as the bars sample: same sampler, fused concept
-    subject = f"{concepts.load_concept(folder).token} circle" if folder and concept_prompts else "circle"
+    with_token = bool(folder and concept_prompts and with_token)
+    subject = f"{concepts.load_concept(folder).token} circle" if with_token else "circle"
 
     def rates(prompt: str, hits_of) -> dict[str, float]:
         scores = scorer.sample_and_score(
@@ -66,9 +71,8 @@ def breakdown(folder: Path | None, samples: int, seed: int = 300, concept_prompt
         return {column: float(np.mean(hits)) for column, hits in hits_of(scores).items()}
 
     if concept_prompts:
-        is_concept = folder is not None
         return {
-            f"a circle {phrase}": rates(f"a {subject} {phrase}", lambda s, p=phrase: _concept_hits(s, p, is_concept))
+            f"a circle {phrase}": rates(f"a {subject} {phrase}", lambda s, p=phrase: _concept_hits(s, p, with_token))
             for phrase in CONCEPT_PHRASES
         }
     plain = scorer.PLAIN_PROMPTS
@@ -95,18 +99,25 @@ def main() -> None:
     parser.add_argument(
         "--concept-prompts", action="store_true", help="split the concept's composition prompts instead"
     )
+    parser.add_argument(
+        "--without-token", action="store_true", help="with --concept-prompts: ask the concepts without their token"
+    )
     args = parser.parse_args()
+    if args.without_token and not args.concept_prompts:
+        raise SystemExit("--without-token splits the concept's own prompts: give --concept-prompts too")
     tables = {}
     for model in args.models:
         name, _, folder = model.partition("=")
         if folder and not Path(folder).is_dir():
             raise SystemExit(f"{folder}: no such concept folder; give NAME=FOLDER of a trained concept")
-        tables[name] = breakdown(Path(folder) if folder else None, args.samples, concept_prompts=args.concept_prompts)
+        tables[name] = breakdown(Path(folder) if folder else None, args.samples, concept_prompts=args.concept_prompts,
+                                 with_token=not args.without_token)  # fmt: skip
         print(f"{name} done", flush=True)
     print(markdown(tables))
     if args.json:
         models = dict(model.partition("=")[::2] for model in args.models)
         record = {"samples": args.samples, "concept_prompts": args.concept_prompts, "models": models}
+        record |= {"without_token": True} if args.without_token else {}
         write_json_atomic(Path(args.json), record | {"rates": tables})
 
 

@@ -401,3 +401,40 @@ def test_plain_leak_splits_the_concepts_own_prompts_by_part(cutouts, tmp_path, m
         if name == "base":
             assert all(rates["stripes"] == 0.0 for rates in table.values())
     assert "| a circle with a scarf | accessory |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_plain_leak_asks_a_concept_without_its_token_on_request(cutouts, tmp_path, monkeypatch, capsys):
+    """`--without-token`: the concept's phrases with the class word alone, the concept loaded. A concept
+    whose LoRA does nothing then draws exactly what the base model draws, though its token means "square"."""
+    from safetensors.torch import load_file, save_file
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import plain_leak
+
+    out = tmp_path / "concept"
+    args = ["train", str(cutouts), "--class-word", "circle", "--base", "shapes", "--output", str(out),
+            "--steps", "1", "--prior-weight", "0"]  # fmt: skip
+    assert cli_main(args) == 0
+    lora = load_file(out / concepts.LORA_FILE)
+    save_file({k: torch.zeros_like(v) if "lora_B" in k or "lora.up" in k else v for k, v in lora.items()},
+              out / concepts.LORA_FILE)  # fmt: skip
+    pipe = loading.load_image_pipeline("shapes")
+    square = pipe.tokenizer.convert_tokens_to_ids("square</w>")
+    embeds = load_file(out / concepts.EMBEDS_FILE)
+    save_file({k: pipe.text_encoder.get_input_embeddings().weight[square][None].clone() for k in embeds},
+              out / concepts.EMBEDS_FILE)  # fmt: skip
+    tables = {}
+    for flags in ([], ["--without-token"]):
+        json_path = tmp_path / f"split{len(flags)}.json"
+        argv = ["plain_leak.py", "base", f"c={out}", "--samples", "4", "--concept-prompts", *flags]
+        monkeypatch.setattr(sys, "argv", [*argv, "--json", str(json_path)])
+        plain_leak.main()
+        tables[len(flags)] = json.loads(json_path.read_text())
+    assert tables[1]["without_token"] is True and "without_token" not in tables[0]
+    assert tables[1]["rates"]["c"] == tables[1]["rates"]["base"]
+    # With its token the same concept draws squares: the flag is what took the token out.
+    assert tables[0]["rates"]["c"] != tables[0]["rates"]["base"]
+    monkeypatch.setattr(sys, "argv", ["plain_leak.py", "base", "--without-token"])
+    with pytest.raises(SystemExit, match="--concept-prompts"):
+        plain_leak.main()
