@@ -404,7 +404,7 @@ def test_plain_leak_splits_the_concepts_own_prompts_by_part(cutouts, tmp_path, m
 
 
 @pytest.mark.slow
-def test_plain_leak_asks_a_concept_without_its_token_on_request(cutouts, tmp_path, monkeypatch, capsys):
+def test_plain_leak_asks_a_concept_without_its_token_on_request(cutouts, tmp_path, monkeypatch):
     """`--without-token`: the concept's phrases with the class word alone, the concept loaded. A concept
     whose LoRA does nothing then draws exactly what the base model draws, though its token means "square"."""
     from safetensors.torch import load_file, save_file
