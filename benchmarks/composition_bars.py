@@ -21,6 +21,7 @@ import argparse
 import hashlib
 import json
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -174,6 +175,21 @@ def lora_digest(source: str) -> str:
     return hashlib.sha256((Path(source) / directions.SHAPES_LORA_FILE).read_bytes()).hexdigest()[:16]
 
 
+def subject_photos(work: Path) -> Path:
+    """The demo subject's photos in `work/photos`, written once. They are written aside and renamed into
+    place, so a run beside this one (--no-report) never sees a half-written folder to train on."""
+    photos = work / "photos"
+    if not photos.exists():
+        work.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".photos-", dir=work))
+        write_subject_photos(staging, seed=0)
+        try:
+            staging.rename(photos)
+        except OSError:  # the run beside this one put its (identical) photos there first
+            shutil.rmtree(staging)
+    return photos
+
+
 def concept_for(seed: int, work: Path, overrides: dict | None = None) -> Path:
     """The concept trained at the shipped settings with `seed` (trained once per work folder), or with
     `overrides` (TrainConfig fields) in place of the preset's."""
@@ -182,9 +198,7 @@ def concept_for(seed: int, work: Path, overrides: dict | None = None) -> Path:
     folder = work / (f"s{seed}-{hashlib.sha256(tag.encode()).hexdigest()[:8]}" if tag else f"s{seed}")
     if (folder / "cdvideo.json").exists():
         return folder
-    photos = work / "photos"
-    if not photos.exists():
-        write_subject_photos(photos, seed=0)
+    photos = subject_photos(work)
     return cdvideo.train(
         cdvideo.TrainConfig(
             images=[str(photos)], class_word="circle", base="shapes", output=str(folder), seed=seed, **overrides

@@ -334,6 +334,33 @@ def test_composition_bars_train_with_named_fields_and_refuse_unknown_ones() -> N
         composition_bars.parse_overrides(["prior_tagret=base"])
 
 
+def test_composition_bars_never_train_on_a_half_written_photo_folder(tmp_path, monkeypatch) -> None:
+    """Runs side by side (--no-report) share the work folder's photos: one that finds the folder must
+    find all five photos in it, and one that loses the race to write them leaves nothing behind."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import composition_bars
+
+    seen_while_writing = []
+
+    def slow_writer(folder, seed=0):
+        paths = write_subject_photos(folder, count=2, seed=seed)
+        seen_while_writing.append((tmp_path / "work" / "photos").exists())
+        return paths
+
+    monkeypatch.setattr(composition_bars, "write_subject_photos", slow_writer)
+    photos = composition_bars.subject_photos(tmp_path / "work")
+    assert seen_while_writing == [False]  # the photos were written aside, not in place
+    assert sorted(p.name for p in photos.iterdir()) == ["subject-0.png", "subject-1.png"]
+
+    def racing_writer(folder, seed=0):  # the run beside this one finishes first
+        write_subject_photos(tmp_path / "work2" / "photos", count=2, seed=seed)
+        return write_subject_photos(folder, count=2, seed=seed)
+
+    monkeypatch.setattr(composition_bars, "write_subject_photos", racing_writer)
+    composition_bars.subject_photos(tmp_path / "work2")
+    assert sorted(p.name for p in (tmp_path / "work2").iterdir()) == ["photos"]  # no staging folder left
+
+
 def test_composition_bars_keep_the_concept_on_beside_the_asked_motion_lora(tmp_path) -> None:
     """A fused concept is unmerged and left off when a motion LoRA is activated (peft's set_adapter),
     so the bars' clips must hold the concept as `cdvideo animate` does: a live adapter, on."""
