@@ -21,7 +21,6 @@ import argparse
 import hashlib
 import json
 import shlex
-import shutil
 import sys
 import tempfile
 import time
@@ -33,7 +32,7 @@ import torch
 import cdvideo
 from cdvideo import concept as concepts
 from cdvideo import directions, loading, motion, presets, strength
-from cdvideo.atomic import write_json_atomic, write_text_atomic
+from cdvideo.atomic import atomic_dir, write_json_atomic, write_text_atomic
 from cdvideo.demo import write_subject_photos
 from cdvideo.errors import UserError
 from cdvideo.shapes import scorer, world
@@ -176,17 +175,12 @@ def lora_digest(source: str) -> str:
 
 
 def subject_photos(work: Path) -> Path:
-    """The demo subject's photos in `work/photos`, written once. They are written aside and renamed into
-    place, so a run beside this one (--no-report) never sees a half-written folder to train on."""
+    """The demo subject's photos in `work/photos`, written once. Runs side by side (--no-report) share
+    them: the first to finish writing puts them in place whole, so none trains on a half-written folder."""
     photos = work / "photos"
     if not photos.exists():
-        work.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".photos-", dir=work))
-        write_subject_photos(staging, seed=0)
-        try:
-            staging.rename(photos)
-        except OSError:  # the run beside this one put its (identical) photos there first
-            shutil.rmtree(staging)
+        with atomic_dir(photos, keep_existing=True) as staging:
+            write_subject_photos(staging, seed=0)
     return photos
 
 

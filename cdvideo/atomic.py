@@ -127,8 +127,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Like `atomic_path` for a folder: fill the yielded temp folder; it replaces `path` on success."""
+def atomic_dir(path: str | os.PathLike[str], keep_existing: bool = False) -> Iterator[Path]:
+    """Like `atomic_path` for a folder: fill the yielded temp folder; it replaces `path` on success.
+
+    With `keep_existing`, a filled folder that another writer put at `path` meanwhile stays and the temp
+    folder is dropped: the first writer wins, and no reader ever sees the folder half-written or removed."""
     final = Path(path)
     _make_dir(final.parent)
     tmp = final.parent / _temp_name(final.name)
@@ -139,9 +142,17 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         with _full_disk_is_user_error(final.parent):
             yield tmp
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        if keep_existing:
+            try:
+                os.rename(tmp, final)  # fails onto a folder that is not empty
+            except OSError:
+                if not final.is_dir():
+                    raise
+                shutil.rmtree(tmp)
+        else:
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

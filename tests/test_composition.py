@@ -352,13 +352,15 @@ def test_composition_bars_never_train_on_a_half_written_photo_folder(tmp_path, m
     assert seen_while_writing == [False]  # the photos were written aside, not in place
     assert sorted(p.name for p in photos.iterdir()) == ["subject-0.png", "subject-1.png"]
 
-    def racing_writer(folder, seed=0):  # the run beside this one finishes first
-        write_subject_photos(tmp_path / "work2" / "photos", count=2, seed=seed)
+    def racing_writer(folder, seed=0):  # the run beside this one finishes first (one photo, to tell them apart)
+        write_subject_photos(tmp_path / "work2" / "photos", count=1, seed=seed)
         return write_subject_photos(folder, count=2, seed=seed)
 
     monkeypatch.setattr(composition_bars, "write_subject_photos", racing_writer)
     composition_bars.subject_photos(tmp_path / "work2")
     assert sorted(p.name for p in (tmp_path / "work2").iterdir()) == ["photos"]  # no staging folder left
+    # The first writer's folder stays as it was: a run already reading it never sees it replaced.
+    assert sorted(p.name for p in (tmp_path / "work2" / "photos").iterdir()) == ["subject-0.png"]
 
 
 def test_composition_bars_keep_the_concept_on_beside_the_asked_motion_lora(tmp_path) -> None:
