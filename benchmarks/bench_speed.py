@@ -8,7 +8,7 @@ probe on the same threads). With --train it also times training steps at the Sha
 
     python benchmarks/bench_speed.py                  # 3 rounds, 16 frames, 64 px
     python benchmarks/bench_speed.py --train --json runs/bench/speed.json
-    python benchmarks/bench_speed.py --bf16           # also `--precision bf16` (pays on CPUs with AMX)
+    python benchmarks/bench_speed.py --bf16           # also `--precision bf16` (pays on CPUs with AMX or AVX512-BF16)
 """
 
 from __future__ import annotations

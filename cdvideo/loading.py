@@ -58,21 +58,28 @@ def pick_device(device: str | None = None) -> torch.device:
 
 
 def pick_dtype(device: torch.device, precision: str | None) -> torch.dtype:
-    """fp16 on a GPU, fp32 on the CPU, unless asked. bf16 runs on the CPU too: on one with AMX matrix
-    units it renders the Shapes world about 1.8x faster than fp32 (docs/benchmarks.md), a different
-    result the user picks; without them it is slower."""
+    """fp16 on a GPU, fp32 on the CPU, unless asked. bf16 runs on the CPU too: where the CPU has bf16 units
+    it renders the Shapes world 1.4x (AVX512-BF16) to 1.9x (AMX) faster than fp32 (docs/benchmarks.md), a
+    different result the user picks; without them it is slower."""
     precision = precision or ("fp16" if device.type == "cuda" else "fp32")
     if precision == "fp16" and device.type == "cpu":
-        raise UserError("--precision fp16 is not supported on the CPU; use --precision fp32, or bf16 on a CPU with AMX")
+        raise UserError("--precision fp16 is not supported on the CPU; use --precision fp32, or bf16 on a CPU with bf16 units")
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
-def cpu_has_amx() -> bool:
-    """Whether this CPU has AMX bf16 tiles (Intel Xeon since Sapphire Rapids), read from /proc/cpuinfo."""
-    try:
-        return " amx_bf16" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+BF16_UNITS = {"amx_bf16": "AMX", "avx512_bf16": "AVX512-BF16"}  # /proc/cpuinfo flag -> name, fastest first
+
+
+def cpu_bf16_units(cpuinfo: str | None = None) -> str | None:
+    """The CPU's bf16 matrix units, read from /proc/cpuinfo: "AMX" (Intel Xeon since Sapphire Rapids),
+    "AVX512-BF16" (AMD Zen 4, Intel Cooper Lake), or None where bf16 is emulated and slower than fp32."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    flags = set(cpuinfo.split())
+    return next((name for flag, name in BF16_UNITS.items() if flag in flags), None)
 
 
 def load_error(what: str, name: str, err: Exception, hint: str | None = None) -> UserError:

@@ -172,8 +172,8 @@ def animate(
     share = scaleout.current_share(cfg.device)
     device = share.device or loading.pick_device(cfg.device)
     dtype = loading.pick_dtype(device, cfg.precision)
-    if dtype == torch.bfloat16 and device.type == "cpu" and not loading.cpu_has_amx():
-        say("note: this CPU has no AMX bf16 units: --precision bf16 renders slower here than fp32")
+    if dtype == torch.bfloat16 and device.type == "cpu" and not loading.cpu_bf16_units():
+        say("note: this CPU has no bf16 units (AMX or AVX512-BF16): --precision bf16 renders slower here than fp32")
     out = ensure_writable_dir(Path(cfg.output))
     family = presets.preset_for(cfg.base).name
     asked, notes = directions.plan_motions(

@@ -261,14 +261,14 @@ def test_bad_concept_schedule_is_one_clear_line(schedule, tiny_base, tiny_adapte
 
 
 def test_bf16_renders_on_the_cpu_close_to_fp32_and_is_recorded(tmp_path, monkeypatch):
-    """bf16 is a speed preset on CPUs with AMX (docs/benchmarks.md): it runs the Shapes world in bf16, draws
+    """bf16 is a speed preset on CPUs with bf16 units (docs/benchmarks.md): it runs the Shapes world in bf16, draws
     the same clip within bf16 rounding, is recorded in the settings JSON, and says so where it is slow."""
     from cdvideo import loading
 
     shapes = {"prompts": ["a red circle moving right"], "frames": 4}
     fp32, _ = render("shapes", "shapes", tmp_path / "fp32", **shapes)
     dtypes = []
-    monkeypatch.setattr(loading, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(loading, "cpu_bf16_units", lambda: None)
     real = controls.apply
     monkeypatch.setattr(controls, "apply", lambda pipe, *a, **k: (dtypes.append(pipe.unet.dtype), real(pipe, *a, **k)))
     bf16, notes = render("shapes", "shapes", tmp_path / "bf16", precision="bf16", **shapes)
@@ -278,4 +278,20 @@ def test_bf16_renders_on_the_cpu_close_to_fp32_and_is_recorded(tmp_path, monkeyp
     assert 0 < gap < 0.05, gap  # another computation, the same picture
     (settings,) = (tmp_path / "bf16").glob("*.json")
     assert json.loads(settings.read_text())["precision"] == "bf16"
-    assert any("no AMX bf16 units" in line for line in notes)
+    assert any("no bf16 units" in line for line in notes)
+
+
+@pytest.mark.parametrize(
+    ("flags", "units"),
+    [
+        ("fpu avx2 avx512f avx512_bf16 avx512_vnni", "AVX512-BF16"),  # AMD EPYC (Zen 4): bf16 1.4x fp32 here
+        ("avx2 avx512f avx512_bf16 amx_bf16 amx_tile", "AMX"),  # Xeon Sapphire Rapids
+        ("fpu avx2 fma", None),  # AVX2 laptops: bf16 is emulated
+        ("avx512f avx512_vnni", None),
+    ],
+)
+def test_cpu_bf16_units_are_read_from_cpuinfo(flags, units):
+    """The bf16 note reads /proc/cpuinfo: an AVX512-BF16 CPU renders bf16 faster and must not be told otherwise."""
+    from cdvideo import loading
+
+    assert loading.cpu_bf16_units(f"processor\t: 0\nflags\t\t: {flags}\n") == units
