@@ -182,7 +182,9 @@ def _animate_parser(sub) -> None:
     _render_controls(p)
 
 
-PRECISION_HELP = "default fp16 on a GPU, fp32 on the CPU; bf16 also runs on the CPU (faster where it has AMX or AVX512-BF16)"
+PRECISION_HELP = (
+    "default fp16 on a GPU, fp32 on the CPU; bf16 also runs on the CPU (faster where it has AMX or AVX512-BF16)"
+)
 
 
 def _render_controls(p) -> None:

@@ -63,7 +63,9 @@ def pick_dtype(device: torch.device, precision: str | None) -> torch.dtype:
     different result the user picks; without them it is slower."""
     precision = precision or ("fp16" if device.type == "cuda" else "fp32")
     if precision == "fp16" and device.type == "cpu":
-        raise UserError("--precision fp16 is not supported on the CPU; use --precision fp32, or bf16 on a CPU with bf16 units")
+        raise UserError(
+            "--precision fp16 is not supported on the CPU; use --precision fp32, or bf16 on a CPU with bf16 units"
+        )
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
