@@ -97,24 +97,30 @@ def images(pipe, prompt: str, n: int, seed: int) -> list:
     return scorer.sample_and_score(pipe, prompt, n, steps=preset.steps, guidance=preset.guidance, seed=seed)
 
 
-def with_asked_motion(pipe, prompt: str) -> None:
+def with_asked_motion(pipe, prompt: str, concept_scale: float = 1.0) -> None:
     """The motion LoRA `cdvideo animate` applies for the prompt's words, at the weight it picks, when the
-    family ships one, with the pipeline's concept (a live adapter) kept on at weight 1 beside it."""
+    family ships one, with the pipeline's concept (a live adapter) kept on at `concept_scale` beside it."""
     concept = concepts.ADAPTER_NAME in pipe.get_list_adapters().get("unet", [])
     (choice,), _ = directions.plan_motions([prompt], None, None, "shapes", with_concept=concept)
     if choice and choice.lora:
-        adapters = motion.load_motion_loras(pipe, [], [choice.lora], 1.0 if concept else None)
+        adapters = motion.load_motion_loras(pipe, [], [choice.lora], concept_scale if concept else None)
         adapters.activate(pipe, choice.lora, choice.weight)
 
 
 def render_clips(
-    pipe, prompts: list[str], classes: list[str], seed: int, batch: int = 8, schedule: strength.Schedule | None = None
+    pipe,
+    prompts: list[str],
+    classes: list[str],
+    seed: int,
+    batch: int = 8,
+    schedule: strength.Schedule | None = None,
+    concept_scale: float = 1.0,
 ) -> list:
     """Score clips of `prompts` at the family's shipped sampler settings, `batch` at a time, with the
-    (unfused) concept's weight following `schedule` when given."""
+    (unfused) concept's weight following `schedule` when given, and `concept_scale` after it."""
     preset, out = presets.SHAPES, []
     for start in range(0, len(prompts), batch):
-        with strength.scheduled(pipe, concepts.ADAPTER_NAME, schedule, preset.steps, 1.0) as callback:
+        with strength.scheduled(pipe, concepts.ADAPTER_NAME, schedule, preset.steps, concept_scale) as callback:
             frames = pipe(prompts[start : start + batch], num_frames=preset.frames, num_inference_steps=preset.steps,
                           guidance_scale=preset.guidance, generator=torch.Generator().manual_seed(seed + start),
                           output_type="pt", height=64, width=64, callback_on_step_end=callback).frames  # fmt: skip
@@ -122,8 +128,10 @@ def render_clips(
     return out
 
 
-def clips(pipe, prompt: str, n: int, seed: int, schedule: strength.Schedule | None = None) -> list:
-    return render_clips(pipe, [prompt] * n, ["circle"] * n, seed, schedule=schedule)
+def clips(
+    pipe, prompt: str, n: int, seed: int, schedule: strength.Schedule | None = None, concept_scale: float = 1.0
+) -> list:
+    return render_clips(pipe, [prompt] * n, ["circle"] * n, seed, schedule=schedule, concept_scale=concept_scale)
 
 
 def measure(folder: Path | None, samples: int) -> dict:
@@ -143,15 +151,30 @@ def measure(folder: Path | None, samples: int) -> dict:
     return rates
 
 
-def measure_video(folder: Path | None, n_clips: int, schedule: strength.Schedule | None = None) -> dict:
-    """Clip rates for VIDEO_PROMPT, rendered with the motion LoRA its words ask for (as `animate` does),
-    and the concept's weight following `schedule` (`animate --concept-schedule`) when given."""
-    schedule = schedule if folder else None
+def concept_render(
+    concept: concepts.Concept | None, schedule: str | None = None, scale: float | None = None
+) -> tuple[strength.Schedule | None, float]:
+    """The concept's weight over the steps as `animate` applies it: `schedule` and `scale` when given (as
+    `--concept-schedule`, `--lora-scale`), else the concept's own render settings; (None, 1.0) without one."""
+    if concept is None:
+        return None, 1.0
+    schedule = schedule if schedule is not None else concept.render_schedule
+    return strength.parse_schedule(schedule), scale if scale is not None else concept.render_scale
+
+
+def measure_video(
+    folder: Path | None, n_clips: int, schedule: str | None = None, concept_scale: float | None = None
+) -> dict:
+    """Clip rates for VIDEO_PROMPT, rendered as `animate` renders it: with the motion LoRA its words ask for,
+    and the concept's weight following `schedule` and `concept_scale` (`animate --concept-schedule`,
+    `--lora-scale`; None: the concept's own render settings)."""
     _, video = pipelines(folder, image=False)
-    subject = f"{concepts.load_concept(folder).token} circle" if folder else "circle"
+    concept = concepts.load_concept(folder) if folder else None
+    subject = f"{concept.token} circle" if concept else "circle"
     prompt = VIDEO_PROMPT.format(f"a {subject}")
-    with_asked_motion(video, prompt)
-    scored = clips(video, prompt, n_clips, 400, schedule)
+    steps, scale = concept_render(concept, schedule, concept_scale)
+    with_asked_motion(video, prompt, scale)
+    scored = clips(video, prompt, n_clips, 400, steps, scale)
     frames = [f for c in scored for f in c.frames]
     return {
         "video_frames": float(np.mean([(f.pattern or folder is None) and f.accessory == HEADPHONES for f in frames])),
@@ -303,7 +326,11 @@ def main() -> None:
     parser.add_argument(
         "--concept-schedule",
         metavar="SCALE:SHARE",
-        help="render the clips as `animate --concept-schedule` does (its video files and report are kept apart)",
+        help="render the clips as `animate --concept-schedule` does (its video files and report are kept apart; "
+        "default: the concept's own, as animate renders it)",
+    )
+    parser.add_argument(
+        "--lora-scale", type=float, help="the concept's LoRA weight in the clips (default: the concept's own)"
     )
     parser.add_argument(
         "--set",
@@ -335,6 +362,13 @@ def main() -> None:
     except UserError as err:
         sys.exit(str(err))
     scheduled = f"-schedule-{args.concept_schedule.replace(':', '-')}" if schedule else ""
+    scheduled += f"-scale-{args.lora_scale:g}" if args.lora_scale is not None else ""
+    # What the trained concepts' recipe tells animate to render them with, unless overridden above.
+    recipe = presets.RECIPES.get(overrides.get("recipe"))
+    render = {
+        "render_scale": args.lora_scale if args.lora_scale is not None else (recipe.render_scale if recipe else 1.0),
+        "render_schedule": args.concept_schedule or (recipe.render_schedule if recipe else None),
+    }
 
     def rates(name: str, folder) -> dict:
         """Image rates, and clip rates when asked, each cached in its own file under `out`."""
@@ -346,8 +380,12 @@ def main() -> None:
             video = {**video_settings, **(with_concept if folder else {})}
             file = f"{name}-video{scheduled if folder else ''}.json"
             video |= {"concept_schedule": args.concept_schedule} if folder and schedule else {}
+            # Earlier files, rendered at weight 1 throughout, carry no render key and stay valid for it.
+            video |= {"render": render} if folder and render != {"render_scale": 1.0, "render_schedule": None} else {}
             trained = folder or (lambda: None)
-            found = found | cached(out / file, video, lambda: measure_video(trained(), args.clips, schedule))
+            found = found | cached(
+                out / file, video, lambda: measure_video(trained(), args.clips, args.concept_schedule, args.lora_scale)
+            )
         return found
 
     if not args.no_report or args.base_only:

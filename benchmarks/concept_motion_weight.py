@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from composition_bars import HEADPHONES, VIDEO_PROMPT, pipelines, render_clips
+from composition_bars import HEADPHONES, VIDEO_PROMPT, concept_render, pipelines, render_clips
 
 from cdvideo import concept as concepts
 from cdvideo import directions, motion, strength
@@ -34,23 +34,25 @@ def main() -> None:
     parser.add_argument("--concept-schedule", metavar="SCALE:SHARE", help="as `cdvideo animate --concept-schedule`")
     parser.add_argument("--weights", type=float, nargs="+", default=[1.0, 1.5, 2.0])
     args = parser.parse_args()
-    schedule = strength.parse_schedule(args.concept_schedule)
+    concept = concepts.load_concept(args.concept)
+    schedule, scale = concept_render(concept, args.concept_schedule)  # the concept's own unless given
     _, video = pipelines(args.concept, image=False)
-    token = concepts.load_concept(args.concept).token
+    token = concept.token
     template = "{} moving right" if args.bare else VIDEO_PROMPT
     prompt = template.format(f"a {token} circle").replace("moving right", f"moving {args.direction}")
     source, _ = directions.family_loras("shapes")[args.direction]
-    adapters = motion.load_motion_loras(video, [], [source], 1.0)
+    adapters = motion.load_motion_loras(video, [], [source], scale)
     asked = f"moving {args.direction}"
     for weight in args.weights:
         adapters.activate(video, source, weight)
-        scored = render_clips(video, [prompt] * args.clips, ["circle"] * args.clips, 400, schedule=schedule)
+        prompts, classes = [prompt] * args.clips, ["circle"] * args.clips
+        scored = render_clips(video, prompts, classes, 400, schedule=schedule, concept_scale=scale)
         frames = [f for clip in scored for f in clip.frames]
         row = {
             "direction": args.direction,
             "prompt": prompt,
             "weight": weight,
-            "concept_schedule": args.concept_schedule,
+            "concept_render": strength.describe(schedule, scale),
             "clips": args.clips,
             "moving_asked": float(np.mean([c.motion == asked for c in scored])),
             "still": float(np.mean([c.motion == "" for c in scored])),

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from cdvideo import concept as concepts
-from cdvideo import directions, loading, motion, presets
+from cdvideo import directions, loading, motion, presets, strength
 from cdvideo.atomic import write_json_atomic, write_text_atomic
 from cdvideo.shapes import world
 
@@ -81,7 +81,9 @@ def measure(
     for subject in ([None] if plain or not concept else []) + ([concept] if concept else []):
         pipe = video_pipeline(subject, dtype)
         sources = [loras[d][0] for d in wanted]
-        adapters = motion.load_motion_loras(pipe, [], sources, concept_scale=1.0 if subject else None)
+        # The concept's weight over the steps as `animate` gives it (its recipe's render settings).
+        schedule, scale = composition_bars.concept_render(concepts.load_concept(subject) if subject else None)
+        adapters = motion.load_motion_loras(pipe, [], sources, concept_scale=scale if subject else None)
         token = concepts.load_concept(subject).token if subject else None
         key = "concept" if subject else "plain"
         for i, direction in enumerate(wanted):
@@ -95,10 +97,13 @@ def measure(
                 weight *= directions.concept_weight_factor("shapes", direction) if subject else 1.0
                 adapters.activate(pipe, source if use else None, weight if use else None)
                 started = time.time()
-                scored = composition_bars.render_clips(pipe, prompts, classes, 1000 + 100 * i)
+                scored = composition_bars.render_clips(pipe, prompts, classes, 1000 + 100 * i, schedule=schedule,
+                                                       concept_scale=scale)  # fmt: skip
                 cell = rates(scored, direction) | {"seconds": round(time.time() - started, 1)}
                 cell |= {"lora_sha": composition_bars.lora_digest(source), "weight": weight} if use else {}
                 cell |= {"precision": "bf16"} if dtype == torch.bfloat16 else {}
+                if subject and (schedule or scale != 1.0):
+                    cell |= {"concept_render": strength.describe(schedule, scale)}
                 results.setdefault(key, {}).setdefault(direction, {})["lora" if use else "no lora"] = cell
                 label = "lora" if use else "no lora"
                 say(f"{key:8s} {direction:5s} {label:8s} asked {cell['asked']:.2f}  class kept "

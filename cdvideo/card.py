@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from cdvideo import presets
+from cdvideo import presets, strength
 from cdvideo.atomic import write_text_atomic
 from cdvideo.concept import EMBEDS_FILE, Concept
 
@@ -107,6 +107,9 @@ def model_card_text(folder: Path, concept: Concept, repo_id: str | None = None) 
         ),
         ("concept-class cosine (1 = no drift)", drift),
     ]
+    if concept.render_scale != 1.0 or concept.render_schedule:
+        schedule = strength.parse_schedule(concept.render_schedule)
+        rows.append(("rendered by `cdvideo animate` at", strength.describe(schedule, concept.render_scale)))
     table = "| | |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
     body = (
         f"# {concept.token} {concept.class_word}: a cdvideo concept\n\n"

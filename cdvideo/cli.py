@@ -169,12 +169,15 @@ def _animate_parser(sub) -> None:
     p.add_argument("--guidance", type=float)
     p.add_argument("--seed", type=int, nargs="+", dest="seeds", help="one or more seeds")
     p.add_argument("--fps", type=int)
-    p.add_argument("--lora-scale", type=float)
+    p.add_argument(
+        "--lora-scale", type=float, help="the concept's LoRA weight (default: what its recipe recommends, else 1)"
+    )
     p.add_argument(
         "--concept-schedule",
         metavar="SCALE:SHARE",
         help="the concept's LoRA at weight SCALE for the first SHARE of the steps, then at --lora-scale "
-        "(e.g. 0.4:0.5: layout and motion come from the base model, appearance from the concept)",
+        "(e.g. 0.4:0.5: layout and motion come from the base model, appearance from the concept); "
+        "default: what its recipe recommends; none: one weight throughout",
     )
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help=PRECISION_HELP)
     p.add_argument("--output")

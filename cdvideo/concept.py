@@ -52,6 +52,10 @@ class Concept:
     # lora, or full: the target weights fine-tuned in full, stored as an exact LoRA of the change
     # (rank/alpha are then the stored LoRA's commonest rank, scale 1; cdvideo/unet_weights.py).
     finetune: str = "lora"
+    # The LoRA weight `animate` gives the concept unless told otherwise, and "SCALE:SHARE", its weight in the
+    # first SHARE of the denoising steps (cdvideo/strength.py); set by the recipe that trained it.
+    render_scale: float = 1.0
+    render_schedule: str | None = None
     format_version: int = FORMAT_VERSION
 
 

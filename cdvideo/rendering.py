@@ -35,8 +35,9 @@ class AnimateConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
     fps: int | None = None
     output: str = "cdvideo-out"
-    lora_scale: float = 1.0
-    concept_schedule: str | None = None  # "SCALE:SHARE": the concept weaker in the early steps (strength.py)
+    lora_scale: float | None = None  # None: the concept's own render_scale (its recipe's), else 1
+    # "SCALE:SHARE": the concept's weight in the early steps (strength.py); None: the concept's own; "none": off
+    concept_schedule: str | None = None
     decode_chunk_size: int = 16
     precision: str | None = None
     device: str | None = None
@@ -91,6 +92,10 @@ def resolve(cfg: AnimateConfig, concept: concepts.Concept | None) -> AnimateConf
     values = dict(cfg.__dict__)
     values["base"] = base
     values["sampler"] = sampler.name
+    if values["lora_scale"] is None:
+        values["lora_scale"] = concept.render_scale if concept else 1.0
+    if values["concept_schedule"] is None and concept:
+        values["concept_schedule"] = concept.render_schedule
     if values["steps"] is None:
         values["steps"] = presets.sampler_steps(preset, sampler)
     if values["guidance"] is None and sampler.guidance is not None:
@@ -185,7 +190,7 @@ def animate(
     if named and family == "sd15" and cfg.motion_adapter != presets.SD15_MOTION_ADAPTER:
         say(f"warning: guoyww's motion LoRAs were trained for {presets.SD15_MOTION_ADAPTER}, not {cfg.motion_adapter}")
     schedule = strength.parse_schedule(cfg.concept_schedule) if concept else None
-    if cfg.concept_schedule and not concept:
+    if cfg.concept_schedule not in (None, "none") and not concept:
         say("note: --concept-schedule has no effect without a concept")
     pipe = build_pipeline(cfg, dtype)
     pipe.set_progress_bar_config(disable=not progress, leave=False)
@@ -194,7 +199,8 @@ def animate(
         # needs the concept as a live adapter.
         fuse = not (cfg.motion_loras or named or schedule)
         concepts.apply_concept(pipe, folder, concept, scale=cfg.lora_scale, fuse=fuse)
-        say(f"concept {concept.token} ({concept.class_word}) from {folder}")
+        weight = strength.describe(schedule, cfg.lora_scale)
+        say(f"concept {concept.token} ({concept.class_word}) from {folder}, {weight}")
     adapters = None
     if cfg.motion_loras or named:
         adapters = motion.load_motion_loras(pipe, cfg.motion_loras, named, cfg.lora_scale if concept else None)

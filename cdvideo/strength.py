@@ -3,7 +3,8 @@
 Layout and motion are decided in the first, noisiest steps and appearance in the later ones, so a
 concept can run weak early (leaving the motion to the base model and its motion modules) and at
 full strength after. `--concept-schedule 0.4:0.5` runs the concept's LoRA at 0.4 for the first half
-of the steps, then at `--lora-scale`.
+of the steps, then at `--lora-scale`. A concept's recipe may name both for it (`Concept.render_scale`,
+`render_schedule`): the composites recipe's concepts render at 0.8, then 1.25.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ class Schedule:
 
 
 def parse_schedule(text: str | None) -> Schedule | None:
-    """'SCALE:SHARE' (e.g. '0.4:0.5'), or None for the concept at one strength throughout."""
-    if text is None:
+    """'SCALE:SHARE' (e.g. '0.4:0.5'), or None (or "none") for the concept at one strength throughout."""
+    if text is None or text == "none":
         return None
     scale, sep, share = text.partition(":")
     try:
@@ -38,9 +39,18 @@ def parse_schedule(text: str | None) -> Schedule | None:
     if schedule is None or not 0 <= schedule.early_share <= 1:
         raise UserError(
             f"--concept-schedule {text!r}: expected SCALE:SHARE, the concept's weight in the first SHARE (0-1) "
-            "of the denoising steps, e.g. 0.4:0.5"
+            "of the denoising steps, e.g. 0.4:0.5, or none"
         )
     return schedule
+
+
+def describe(schedule: Schedule | None, full_scale: float) -> str:
+    """What the concept's weight does over the steps, in words: 'LoRA weight 1.25 (0.8 in the first 50% of
+    the steps)'."""
+    said = f"LoRA weight {full_scale:g}"
+    if schedule is None:
+        return said
+    return f"{said} ({schedule.early_scale:g} in the first {schedule.early_share:.0%} of the steps)"
 
 
 def set_adapter_scale(model, adapter: str, scale: float) -> None:

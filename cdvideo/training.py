@@ -231,6 +231,7 @@ def _add_lora(cfg: TrainConfig, unet) -> LoraWeights:
 
 def concept_record(cfg: TrainConfig, steps: int, drift: float | None, metrics: dict) -> Concept:
     """The manifest of a concept trained with `cfg` for `steps` steps."""
+    recipe = presets.RECIPES.get(cfg.recipe) if cfg.recipe else None
     return Concept(
         token=cfg.token,
         class_word=cfg.class_word,
@@ -246,6 +247,8 @@ def concept_record(cfg: TrainConfig, steps: int, drift: float | None, metrics: d
         metrics=metrics,
         spl_pooling=cfg.spl_pooling,
         finetune=cfg.finetune,
+        render_scale=recipe.render_scale if recipe else 1.0,
+        render_schedule=recipe.render_schedule if recipe else None,
     )
 
 

@@ -295,3 +295,52 @@ def test_cpu_bf16_units_are_read_from_cpuinfo(flags, units):
     from cdvideo import loading
 
     assert loading.cpu_bf16_units(f"processor\t: 0\nflags\t\t: {flags}\n") == units
+
+
+def test_a_concept_renders_at_its_recipes_strength_unless_told(concept, tiny_base, tiny_adapter, tmp_path, monkeypatch):
+    """A concept's manifest carries the weight its recipe renders it at; animate applies it with no flags, says
+    so, records it, and `--concept-schedule none --lora-scale 1` gives the plain concept back."""
+    import shutil
+
+    recommended = tmp_path / "recommended"
+    shutil.copytree(concept, recommended)
+    manifest = recommended / "cdvideo.json"
+    manifest.write_text(
+        json.dumps(json.loads(manifest.read_text()) | {"render_scale": 1.5, "render_schedule": "0.5:0.5"})
+    )
+    weights = concept_weight_per_step(monkeypatch)
+    out = tmp_path / "default"
+    _, notes = render(tiny_base, tiny_adapter, out, use_concept=True, concept=str(recommended), steps=4)
+    assert weights == [0.5, 0.5, 1.5, 1.5]
+    assert any("LoRA weight 1.5 (0.5 in the first 50% of the steps)" in line for line in notes)
+    settings = json.loads(next(out.glob("*.json")).read_text())
+    assert settings["concept_schedule"] == "0.5:0.5" and settings["lora_scale"] == 1.5
+
+    weights.clear()
+    out = tmp_path / "told"
+    told, notes = render(tiny_base, tiny_adapter, out, use_concept=True, concept=str(recommended), steps=4,
+                         concept_schedule="none", lora_scale=1.0, motion_loras=[])  # fmt: skip
+    plain, _ = render(tiny_base, tiny_adapter, tmp_path / "plain", use_concept=True, concept=str(concept), steps=4)
+    (said,) = [line for line in notes if "LoRA weight" in line]
+    assert said.endswith("LoRA weight 1")
+    assert np.abs(told - plain).max() < EXACT  # the same concept, at weight 1 throughout
+    settings = json.loads(next(out.glob("*.json")).read_text())
+    assert settings["concept_schedule"] == "none" and settings["lora_scale"] == 1.0
+
+
+def test_the_composites_recipe_records_its_render_strength_in_the_concept(tmp_path):
+    """... and its model card tells diffusers users the weight cdvideo renders it at."""
+    from cdvideo import presets, strength
+    from cdvideo.card import model_card_text
+    from cdvideo.training import TrainConfig, concept_record
+
+    cfg = TrainConfig(images=["photos"], class_word="circle", base="shapes", recipe="composites").resolved()
+    record = concept_record(cfg, cfg.steps, 0.9, {})
+    assert (record.render_scale, record.render_schedule) == (
+        presets.COMPOSITES.render_scale,
+        presets.COMPOSITES.render_schedule,
+    )
+    said = strength.describe(strength.parse_schedule(record.render_schedule), record.render_scale)
+    assert f"rendered by `cdvideo animate` at | {said}" in model_card_text(tmp_path, record)
+    plain = concept_record(TrainConfig(images=["photos"], class_word="circle", base="shapes").resolved(), 10, 0.9, {})
+    assert (plain.render_scale, plain.render_schedule) == (1.0, None)
