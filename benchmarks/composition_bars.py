@@ -172,9 +172,9 @@ def measure_video(
     concept = concepts.load_concept(folder) if folder else None
     subject = f"{concept.token} circle" if concept else "circle"
     prompt = VIDEO_PROMPT.format(f"a {subject}")
-    steps, scale = concept_render(concept, schedule, concept_scale)
+    timed, scale = concept_render(concept, schedule, concept_scale)
     with_asked_motion(video, prompt, scale)
-    scored = clips(video, prompt, n_clips, 400, steps, scale)
+    scored = clips(video, prompt, n_clips, 400, timed, scale)
     frames = [f for c in scored for f in c.frames]
     return {
         "video_frames": float(np.mean([(f.pattern or folder is None) and f.accessory == HEADPHONES for f in frames])),
