@@ -18,6 +18,7 @@ Shapes defaults and nothing else), then scores with the world's exact scorer, at
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import shlex
@@ -207,13 +208,31 @@ def subject_photos(work: Path) -> Path:
     return photos
 
 
+def concept_folder(seed: int, work: Path, overrides: dict | None = None) -> Path:
+    """Where `concept_for` keeps the concept of `seed` and `overrides` (trained or not)."""
+    tag = "".join(f"-{k}{json.dumps(v, separators=(',', ':'))}" for k, v in sorted((overrides or {}).items()))
+    return work / (f"s{seed}-{hashlib.sha256(tag.encode()).hexdigest()[:8]}" if tag else f"s{seed}")
+
+
+def render_key(folder: Path, planned: dict, scale: float | None = None, schedule: str | None = None) -> dict:
+    """The weights a concept's clips render at, for the video cache key: a trained concept's own (one
+    trained before recipes named them renders at 1), else `planned` (its recipe's); `scale` and `schedule`
+    (`--lora-scale`, `--concept-schedule`) over either."""
+    if (folder / concepts.MANIFEST).exists():
+        concept = concepts.load_concept(folder)
+        planned = {"render_scale": concept.render_scale, "render_schedule": concept.render_schedule}
+    return {
+        "render_scale": scale if scale is not None else planned["render_scale"],
+        "render_schedule": schedule or planned["render_schedule"],
+    }
+
+
 def concept_for(seed: int, work: Path, overrides: dict | None = None) -> Path:
     """The concept trained at the shipped settings with `seed` (trained once per work folder), or with
     `overrides` (TrainConfig fields) in place of the preset's."""
     overrides = overrides or {}
-    tag = "".join(f"-{k}{json.dumps(v, separators=(',', ':'))}" for k, v in sorted(overrides.items()))
-    folder = work / (f"s{seed}-{hashlib.sha256(tag.encode()).hexdigest()[:8]}" if tag else f"s{seed}")
-    if (folder / "cdvideo.json").exists():
+    folder = concept_folder(seed, work, overrides)
+    if (folder / concepts.MANIFEST).exists():
         return folder
     photos = subject_photos(work)
     return cdvideo.train(
@@ -370,7 +389,7 @@ def main() -> None:
         "render_schedule": args.concept_schedule or (recipe.render_schedule if recipe else None),
     }
 
-    def rates(name: str, folder) -> dict:
+    def rates(name: str, folder, render: dict = render) -> dict:
         """Image rates, and clip rates when asked, each cached in its own file under `out`."""
         found = cached(out / f"{name}.json", settings if folder else base_settings,
                        lambda: measure(folder() if folder else None, args.samples))  # fmt: skip
@@ -397,7 +416,9 @@ def main() -> None:
     runs = []
     for seed in args.seeds:
         start = time.time()
-        runs.append({"seed": seed, **rates(f"seed-{seed}", lambda seed=seed: concept_for(seed, work, overrides))})
+        trained = functools.partial(concept_for, seed, work, overrides)
+        weights = render_key(concept_folder(seed, work, overrides), render, args.lora_scale, args.concept_schedule)
+        runs.append({"seed": seed, **rates(f"seed-{seed}", trained, weights)})
         print(f"seed {seed} ({time.time() - start:.0f} s): {json.dumps(runs[-1])}", flush=True)
     if not args.no_report:
         command = "python " + shlex.join(sys.argv)

@@ -3,6 +3,7 @@ scene composites."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -467,3 +468,28 @@ def test_plain_leak_asks_a_concept_without_its_token_on_request(cutouts, tmp_pat
     monkeypatch.setattr(sys, "argv", ["plain_leak.py", "base", "--without-token"])
     with pytest.raises(SystemExit, match="--concept-prompts"):
         plain_leak.main()
+
+
+def test_composition_bars_key_clips_on_the_weights_a_trained_concept_renders_at(tmp_path) -> None:
+    """A concept trained before recipes named render weights renders at 1: its clips must not be filed
+    under the recipe's 1.25, or old and new clips would be mixed in one cached result."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import composition_bars
+
+    planned = {"render_scale": 1.25, "render_schedule": "0.8:0.5"}
+    old = tmp_path / "old"
+    old.mkdir()
+    for name in (concepts.LORA_FILE, concepts.EMBEDS_FILE):
+        (old / name).write_bytes(b"")
+    record = concepts.Concept("<tok>", "circle", "shapes", 4, 4.0, 0.0, 300, 0, ["to_q"])
+    manifest = {k: v for k, v in dataclasses.asdict(record).items() if not k.startswith("render_")}
+    (old / concepts.MANIFEST).write_text(json.dumps(manifest))
+
+    assert composition_bars.render_key(old, planned) == {"render_scale": 1.0, "render_schedule": None}
+    assert composition_bars.render_key(tmp_path / "to-train", planned) == planned
+    assert composition_bars.render_key(old, planned, scale=0.5, schedule="0.4:0.2") == {
+        "render_scale": 0.5,
+        "render_schedule": "0.4:0.2",
+    }
+    (old / concepts.MANIFEST).write_text(json.dumps(manifest | planned))
+    assert composition_bars.render_key(old, {"render_scale": 1.0, "render_schedule": None}) == planned
