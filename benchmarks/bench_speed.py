@@ -2,13 +2,16 @@
 
 One process loads both pipelines once, then renders the same prompt and seed with each in turn
 (order flipped every round, so load drift hits both alike). It prints the median time per clip, the
-time ratio, the FLOPs each render does (counted by torch's FlopCounterMode on one real render, not
-typed in), the achieved GFLOP/s, and that as a share of the cores' measured peak (an fp32 matmul
-probe on the same threads). With --train it also times training steps at the Shapes defaults.
+time ratio against the stock pipeline, the FLOPs each render does (counted by torch's FlopCounterMode
+on one real render, not typed in), the achieved GFLOP/s, and that as a share of the cores' measured
+peak (a matmul probe in the same precision on the same threads). With --train it also times training
+steps at the Shapes defaults.
 
     python benchmarks/bench_speed.py                  # 3 rounds, 16 frames, 64 px
     python benchmarks/bench_speed.py --train --json runs/bench/speed.json
-    python benchmarks/bench_speed.py --bf16           # also `--precision bf16` (pays on CPUs with AMX or AVX512-BF16)
+    python benchmarks/bench_speed.py --bf16           # where fp32 is the default: also `--precision bf16`
+
+On a CPU with bf16 units the default renders in bf16, and the same settings in fp32 are timed beside it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+
+from cdvideo import loading
 
 PROMPT = "a circle wearing headphones moving right"
 
@@ -60,15 +65,23 @@ def stock_pipeline():
 
 
 def cdvideo_pipeline(precision: str | None = None):
-    """`cdvideo animate --base shapes` as shipped (or at `--precision`): its sampler, steps and speed settings."""
+    """`cdvideo animate --base shapes` as shipped (or at `--precision`): its sampler, steps, precision and speed
+    settings."""
     from cdvideo import controls, loading
     from cdvideo.rendering import AnimateConfig, build_pipeline, render_clip, resolve
 
     cfg = resolve(AnimateConfig(prompts=[PROMPT], base="shapes", use_concept=False, precision=precision), None)
-    pipe = build_pipeline(cfg, loading.pick_dtype(torch.device("cpu"), precision))
+    pipe = build_pipeline(cfg, loading.DTYPES[shipped_precision(precision)])
     pipe.set_progress_bar_config(disable=True)
     controls.apply(pipe, cfg, loading.pick_device("cpu"), say=lambda s: None)
     return lambda seed: render_clip(pipe, cfg, PROMPT, seed)
+
+
+def shipped_precision(precision: str | None = None) -> str:
+    """What `animate` renders the Shapes world in on this CPU (bf16 where it has bf16 units), or `precision`."""
+    from cdvideo import loading, presets
+
+    return loading.pick_precision(torch.device("cpu"), precision, presets.SHAPES.cpu_bf16)
 
 
 def count_flops(render) -> float:
@@ -108,46 +121,47 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--train", action="store_true", help="also time training steps")
     parser.add_argument("--train-steps", type=int, default=40)
-    parser.add_argument("--bf16", action="store_true", help="also time `--precision bf16` (not the default)")
+    parser.add_argument("--bf16", action="store_true", help="also time `--precision bf16` where fp32 is the default")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
     threads = torch.get_num_threads()
-    peak = matmul_peak(threads)
-    variants = {"stock DDIM 25": stock_pipeline(), "cdvideo default": cdvideo_pipeline()}
-    if args.bf16:
-        variants["cdvideo bf16"] = cdvideo_pipeline("bf16")
+    default = shipped_precision()
+    precisions = {"stock DDIM 25": "fp32", "cdvideo default": default}
+    if default != "fp32":  # the same sampler and settings in fp32: what the sampler alone buys
+        precisions["cdvideo fp32"] = "fp32"
+    elif args.bf16:
+        precisions["cdvideo bf16"] = "bf16"
+    peaks = {dtype: matmul_peak(threads, dtype=loading.DTYPES[dtype]) for dtype in sorted(set(precisions.values()))}
+    variants = {name: stock_pipeline() if name.startswith("stock") else cdvideo_pipeline(precision)
+                for name, precision in precisions.items()}  # fmt: skip
     flops = {name: count_flops(render) for name, render in variants.items()}
     times = time_renders(variants, args.rounds)
     rows = {}
     for name, seconds in times.items():
         median = statistics.median(seconds)
         rows[name] = {
+            "precision": precisions[name],
             "seconds": round(median, 2),
             "all_seconds": [round(s, 2) for s in seconds],
             "gflop": round(flops[name] / 1e9, 1),
             "gflop_per_s": round(flops[name] / 1e9 / median, 1),
-            "share_of_peak": round(flops[name] / 1e9 / median / peak, 3),
+            "share_of_peak": round(flops[name] / 1e9 / median / peaks[precisions[name]], 3),
         }
-    stock, ours = rows["stock DDIM 25"], rows["cdvideo default"]
+    stock = rows["stock DDIM 25"]
     result = {
         "threads": threads,
-        "matmul_peak_gflop_per_s": round(peak, 1),
+        "matmul_peak_gflop_per_s": {dtype: round(peak, 1) for dtype, peak in peaks.items()},
         "cpu": os.popen("lscpu | grep 'Model name'").read().split(":")[-1].strip(),
         "load_average": os.getloadavg(),
         "render": rows,
-        "render_time_ratio": round(stock["seconds"] / ours["seconds"], 2),
+        "render_time_ratio": {name: round(stock["seconds"] / row["seconds"], 2) for name, row in rows.items()},
     }
-    print(f"matmul probe: {peak:.1f} GFLOP/s on {threads} threads")
+    for dtype, peak in peaks.items():
+        print(f"matmul probe: {peak:.1f} GFLOP/s in {dtype} on {threads} threads")
     for name, row in rows.items():
-        print(f"{name:16} {row['seconds']:6.2f} s/clip  {row['gflop']:7.1f} GFLOP  {row['gflop_per_s']:6.1f} GFLOP/s  "
-              f"{row['share_of_peak']:.0%} of peak")  # fmt: skip
-    print(f"cdvideo default is {result['render_time_ratio']:.2f}x faster per clip than stock DDIM 25")
-    if args.bf16:
-        bf16_peak = matmul_peak(threads, dtype=torch.bfloat16)
-        result["bf16_matmul_peak_gflop_per_s"] = round(bf16_peak, 1)
-        result["bf16_time_ratio"] = round(ours["seconds"] / rows["cdvideo bf16"]["seconds"], 2)
-        print(f"bf16 matmul probe: {bf16_peak:.1f} GFLOP/s; cdvideo bf16 is {result['bf16_time_ratio']:.2f}x "
-              "faster per clip than its fp32 default")  # fmt: skip
+        print(f"{name:16} {row['precision']:5} {row['seconds']:6.2f} s/clip  {row['gflop']:7.1f} GFLOP  "
+              f"{row['gflop_per_s']:6.1f} GFLOP/s  {row['share_of_peak']:.0%} of the {row['precision']} peak  "
+              f"{result['render_time_ratio'][name]:.2f}x the stock pipeline's speed")  # fmt: skip
     if args.train:
         # The Shapes defaults before masked photos: the whole photo taught, no base-model context.
         before = training_steps_per_second(args.train_steps, masked_loss=False, context_weight=0.0)

@@ -186,7 +186,7 @@ def _animate_parser(sub) -> None:
 
 
 PRECISION_HELP = (
-    "default fp16 on a GPU, fp32 on the CPU; bf16 also runs on the CPU (faster where it has AMX or AVX512-BF16)"
+    "default fp16 on a GPU, fp32 on the CPU, bf16 for the Shapes world on a CPU with bf16 units (AMX or AVX512-BF16)"
 )
 
 

@@ -57,16 +57,27 @@ def pick_device(device: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def pick_dtype(device: torch.device, precision: str | None) -> torch.dtype:
-    """fp16 on a GPU, fp32 on the CPU, unless asked. bf16 runs on the CPU too: where the CPU has bf16 units
-    it renders the Shapes world 1.4x (AVX512-BF16) to 1.9x (AMX) faster than fp32 (docs/benchmarks.md), a
-    different result the user picks; without them it is slower."""
-    precision = precision or ("fp16" if device.type == "cuda" else "fp32")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def pick_precision(device: torch.device, precision: str | None, cpu_bf16: bool = False) -> str:
+    """The precision asked for, else fp16 on a GPU; on the CPU bf16 where the model family renders as right
+    in it (`cpu_bf16`, from its preset) and the CPU has bf16 units, else fp32. Without bf16 units a CPU
+    emulates bf16 slower than fp32."""
+    if precision is None:
+        if device.type == "cuda":
+            precision = "fp16"
+        else:
+            precision = "bf16" if cpu_bf16 and cpu_bf16_units() else "fp32"
     if precision == "fp16" and device.type == "cpu":
         raise UserError(
             "--precision fp16 is not supported on the CPU; use --precision fp32, or bf16 on a CPU with bf16 units"
         )
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    return precision
+
+
+def pick_dtype(device: torch.device, precision: str | None, cpu_bf16: bool = False) -> torch.dtype:
+    return DTYPES[pick_precision(device, precision, cpu_bf16)]
 
 
 BF16_UNITS = {"amx_bf16": "AMX", "avx512_bf16": "AVX512-BF16"}  # /proc/cpuinfo flag -> name, fastest first

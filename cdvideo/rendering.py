@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -176,18 +176,20 @@ def animate(
     # Under `accelerate launch`/torchrun each process renders its share of the prompt x seed jobs.
     share = scaleout.current_share(cfg.device)
     device = share.device or loading.pick_device(cfg.device)
-    dtype = loading.pick_dtype(device, cfg.precision)
+    preset = presets.preset_for(cfg.base)
+    # The precision it renders in is recorded in each video's settings, default or not.
+    cfg = replace(cfg, precision=loading.pick_precision(device, cfg.precision, preset.cpu_bf16))
+    dtype = loading.DTYPES[cfg.precision]
     if dtype == torch.bfloat16 and device.type == "cpu" and not loading.cpu_bf16_units():
         say("note: this CPU has no bf16 units (AMX or AVX512-BF16): --precision bf16 renders slower here than fp32")
     out = ensure_writable_dir(Path(cfg.output))
-    family = presets.preset_for(cfg.base).name
     asked, notes = directions.plan_motions(
-        cfg.prompts, cfg.motion, cfg.motion_weight, family, cfg.motion_lora_dir, with_concept=concept is not None
+        cfg.prompts, cfg.motion, cfg.motion_weight, preset.name, cfg.motion_lora_dir, with_concept=concept is not None
     )
     for line in notes:
         say(line)
     named = [choice.lora for choice in asked if choice and choice.lora]
-    if named and family == "sd15" and cfg.motion_adapter != presets.SD15_MOTION_ADAPTER:
+    if named and preset.name == "sd15" and cfg.motion_adapter != presets.SD15_MOTION_ADAPTER:
         say(f"warning: guoyww's motion LoRAs were trained for {presets.SD15_MOTION_ADAPTER}, not {cfg.motion_adapter}")
     schedule = strength.parse_schedule(cfg.concept_schedule) if concept else None
     if cfg.concept_schedule not in (None, "none") and not concept:
