@@ -67,7 +67,7 @@ def stock_pipeline():
 def cdvideo_pipeline(precision: str | None = None):
     """`cdvideo animate --base shapes` as shipped (or at `--precision`): its sampler, steps, precision and speed
     settings."""
-    from cdvideo import controls, loading
+    from cdvideo import controls
     from cdvideo.rendering import AnimateConfig, build_pipeline, render_clip, resolve
 
     cfg = resolve(AnimateConfig(prompts=[PROMPT], base="shapes", use_concept=False, precision=precision), None)
@@ -79,7 +79,7 @@ def cdvideo_pipeline(precision: str | None = None):
 
 def shipped_precision(precision: str | None = None) -> str:
     """What `animate` renders the Shapes world in on this CPU (bf16 where it has bf16 units), or `precision`."""
-    from cdvideo import loading, presets
+    from cdvideo import presets
 
     return loading.pick_precision(torch.device("cpu"), precision, presets.SHAPES.cpu_bf16)
 

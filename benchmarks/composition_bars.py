@@ -382,14 +382,14 @@ def main() -> None:
         sys.exit(str(err))
     scheduled = f"-schedule-{args.concept_schedule.replace(':', '-')}" if schedule else ""
     scheduled += f"-scale-{args.lora_scale:g}" if args.lora_scale is not None else ""
-    # What the trained concepts' recipe tells animate to render them with, unless overridden above.
+    # What the recipe tells animate to render its concepts with (`render_key` lays the flags above over it).
     recipe = presets.RECIPES.get(overrides.get("recipe"))
-    render = {
-        "render_scale": args.lora_scale if args.lora_scale is not None else (recipe.render_scale if recipe else 1.0),
-        "render_schedule": args.concept_schedule or (recipe.render_schedule if recipe else None),
+    planned = {
+        "render_scale": recipe.render_scale if recipe else 1.0,
+        "render_schedule": recipe.render_schedule if recipe else None,
     }
 
-    def rates(name: str, folder, render: dict = render) -> dict:
+    def rates(name: str, folder, render: dict | None = None) -> dict:
         """Image rates, and clip rates when asked, each cached in its own file under `out`."""
         found = cached(out / f"{name}.json", settings if folder else base_settings,
                        lambda: measure(folder() if folder else None, args.samples))  # fmt: skip
@@ -417,7 +417,7 @@ def main() -> None:
     for seed in args.seeds:
         start = time.time()
         trained = functools.partial(concept_for, seed, work, overrides)
-        weights = render_key(concept_folder(seed, work, overrides), render, args.lora_scale, args.concept_schedule)
+        weights = render_key(concept_folder(seed, work, overrides), planned, args.lora_scale, args.concept_schedule)
         runs.append({"seed": seed, **rates(f"seed-{seed}", trained, weights)})
         print(f"seed {seed} ({time.time() - start:.0f} s): {json.dumps(runs[-1])}", flush=True)
     if not args.no_report:

@@ -2,7 +2,7 @@
 
 Memory (small GPUs): VAE decode chunk size, model CPU offload, feed-forward chunking, FreeNoise
 sliding context windows for clips longer than the motion adapter's length.
-Speed (large GPUs): fp16/bf16 (`loading.pick_dtype`), `torch.compile`, channels-last.
+Speed (large GPUs): fp16/bf16 (`loading.pick_precision`), `torch.compile`, channels-last.
 Every control keeps the maths the same except FreeNoise windows, which change how frames
 attend to each other; the others change where and in what order the work runs.
 """

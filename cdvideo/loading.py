@@ -76,10 +76,6 @@ def pick_precision(device: torch.device, precision: str | None, cpu_bf16: bool =
     return precision
 
 
-def pick_dtype(device: torch.device, precision: str | None, cpu_bf16: bool = False) -> torch.dtype:
-    return DTYPES[pick_precision(device, precision, cpu_bf16)]
-
-
 BF16_UNITS = {"amx_bf16": "AMX", "avx512_bf16": "AVX512-BF16"}  # /proc/cpuinfo flag -> name, fastest first
 
 
