@@ -67,3 +67,26 @@ def test_spl_table_gives_intervals_and_judges_differences_against_the_seed_sprea
     assert "0.53 [" in headphones and "0.92 [" in headphones and "outside" in headphones
     identity = next(line for line in text.splitlines() if line.startswith("| identity"))
     assert "0.00 within" in identity
+
+
+def test_spl_table_pairs_weights_by_training_seed(tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import spl_table
+
+    rates = dict.fromkeys(spl_table.ROWS, 0.5)
+    # The sky: lower by about a quarter on every seed, inside a seed spread of 0.6.
+    # Identity: lower by one sample in 32 on every seed, which is sampling noise, not an effect.
+    columns = {"0": ((0.30, 0.60, 0.90), (1.0, 1.0, 1.0)), "1": ((0.06, 0.34, 0.66), (31 / 32,) * 3)}
+    for weight, (sky, identity) in columns.items():
+        folder = tmp_path / weight
+        folder.mkdir()
+        for seed in range(3):
+            run = {"settings": {"samples": 32}, "rates": rates | {"in the sky": sky[seed], "identity": identity[seed]}}
+            (folder / f"seed-{seed}.json").write_text(json.dumps(run))
+    (tmp_path / "0" / "seed-0-video.json").write_text("{}")  # a video file beside them is not a seed
+    text = spl_table.table({"0": tmp_path / "0", "1": tmp_path / "1"})
+    sky = next(line for line in text.splitlines() if "in the sky" in line)
+    assert "within" in sky  # the gap (0.25) is inside the seeds' spread (0.60)...
+    assert sky.rstrip(" |").endswith("excludes 0") and "-0.25 [" in sky  # ...but holds seed by seed
+    identity = next(line for line in text.splitlines() if line.startswith("| identity"))
+    assert "-0.03 [" in identity and identity.rstrip(" |").endswith("includes 0")
