@@ -25,6 +25,9 @@ ROWS = {
     "in the sky": "stripes + in the sky",
     "on grass": "stripes + on grass",
     "on sand": "stripes + on sand",
+    "wearing a hat": "stripes + hat",
+    "with a scarf": "stripes + scarf",
+    "at night": "stripes + at night",
 }
 
 
