@@ -7,6 +7,11 @@ over the seeds. Where that interval excludes 0 the difference holds on these see
 sampling noise, even when the seeds' spread (which moves both weights alike) is larger than the gap.
 
     python benchmarks/spl_table.py 0=docs/composition/recipe-composites-v2 1=docs/composition/recipe-composites-v2-spl1
+
+Any other training setting compares the same way, with `--what` naming it in the headers:
+
+    python benchmarks/spl_table.py --what clip_every 1=docs/composition/recipe-composites-v6-bf16 \
+        2=docs/composition/recipe-composites-v6-ce2
 """
 
 from __future__ import annotations
@@ -72,14 +77,14 @@ def paired(reference: dict[str, float], other: dict[str, float], n: int) -> str:
     return f"{gaps.mean():+.2f} [{low:+.2f}, {high:+.2f}] {verdict}"
 
 
-def table(columns: dict[str, Path]) -> str:
+def table(columns: dict[str, Path], what: str = "SPL") -> str:
     loaded = {name: load(folder) for name, folder in columns.items()}
     names = list(loaded)
     lines = [
         "| rate | "
-        + " | ".join(f"SPL {n}: mean [95%] (per seed)" for n in names)
+        + " | ".join(f"{what} {n}: mean [95%] (per seed)" for n in names)
         + " | difference vs seed spread | "
-        + " | ".join(f"SPL {n} - SPL {names[0]}, paired by seed: mean [95%]" for n in names[1:])
+        + " | ".join(f"{what} {n} - {what} {names[0]}, paired by seed: mean [95%]" for n in names[1:])
         + " |",
         "|---" * (2 * len(names) + 1) + "|",
     ]
@@ -113,6 +118,7 @@ def table(columns: dict[str, Path]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("columns", nargs="+", metavar="WEIGHT=FOLDER")
+    parser.add_argument("--what", default="SPL", help="what the columns vary, for their headers (default: SPL)")
     args = parser.parse_args()
     columns = {}
     for pair in args.columns:
@@ -120,7 +126,7 @@ def main() -> None:
         if not sep:
             parser.error(f"{pair}: expected WEIGHT=FOLDER")
         columns[weight] = Path(folder)
-    print(table(columns), end="")
+    print(table(columns, args.what), end="")
 
 
 if __name__ == "__main__":

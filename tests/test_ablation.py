@@ -90,3 +90,6 @@ def test_spl_table_pairs_weights_by_training_seed(tmp_path):
     assert sky.rstrip(" |").endswith("excludes 0") and "-0.25 [" in sky  # ...but holds seed by seed
     identity = next(line for line in text.splitlines() if line.startswith("| identity"))
     assert "-0.03 [" in identity and identity.rstrip(" |").endswith("includes 0")
+    # Any other setting compares the same way, named in the headers.
+    header = spl_table.table({"1": tmp_path / "0", "2": tmp_path / "1"}, what="clip_every").splitlines()[0]
+    assert "clip_every 2 - clip_every 1, paired by seed" in header and "SPL" not in header
