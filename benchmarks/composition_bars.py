@@ -98,11 +98,13 @@ def images(pipe, prompt: str, n: int, seed: int) -> list:
     return scorer.sample_and_score(pipe, prompt, n, steps=preset.steps, guidance=preset.guidance, seed=seed)
 
 
-def with_asked_motion(pipe, prompt: str, concept_scale: float = 1.0) -> None:
+def with_asked_motion(pipe, prompt: str, concept_scale: float = 1.0, schedule: strength.Schedule | None = None) -> None:
     """The motion LoRA `cdvideo animate` applies for the prompt's words, at the weight it picks, when the
-    family ships one, with the pipeline's concept (a live adapter) kept on at `concept_scale` beside it."""
+    family ships one, with the pipeline's concept (a live adapter, following `schedule`) kept on at
+    `concept_scale` beside it."""
     concept = concepts.ADAPTER_NAME in pipe.get_list_adapters().get("unet", [])
-    (choice,), _ = directions.plan_motions([prompt], None, None, "shapes", with_concept=concept)
+    with_concept = concept and strength.concept_sets_motion(schedule)
+    (choice,), _ = directions.plan_motions([prompt], None, None, "shapes", with_concept=with_concept)
     if choice and choice.lora:
         adapters = motion.load_motion_loras(pipe, [], [choice.lora], concept_scale if concept else None)
         adapters.activate(pipe, choice.lora, choice.weight)
@@ -116,23 +118,34 @@ def render_clips(
     batch: int = 8,
     schedule: strength.Schedule | None = None,
     concept_scale: float = 1.0,
+    token: str | None = None,
 ) -> list:
     """Score clips of `prompts` at the family's shipped sampler settings, `batch` at a time, with the
-    (unfused) concept's weight following `schedule` when given, and `concept_scale` after it."""
+    (unfused) concept `token`'s weight following `schedule` when given, and `concept_scale` after it."""
     preset, out = presets.SHAPES, []
     for start in range(0, len(prompts), batch):
-        with strength.scheduled(pipe, concepts.ADAPTER_NAME, schedule, preset.steps, concept_scale) as callback:
-            frames = pipe(prompts[start : start + batch], num_frames=preset.frames, num_inference_steps=preset.steps,
+        chunk = prompts[start : start + batch]
+        with strength.scheduled(
+            pipe, concepts.ADAPTER_NAME, schedule, preset.steps, concept_scale, chunk, token
+        ) as call:
+            frames = pipe(**call, num_frames=preset.frames, num_inference_steps=preset.steps,
                           guidance_scale=preset.guidance, generator=torch.Generator().manual_seed(seed + start),
-                          output_type="pt", height=64, width=64, callback_on_step_end=callback).frames  # fmt: skip
+                          output_type="pt", height=64, width=64).frames  # fmt: skip
         out += scorer.score_clips(frames.float(), expected_cls=classes[start : start + batch])
     return out
 
 
 def clips(
-    pipe, prompt: str, n: int, seed: int, schedule: strength.Schedule | None = None, concept_scale: float = 1.0
+    pipe,
+    prompt: str,
+    n: int,
+    seed: int,
+    schedule: strength.Schedule | None = None,
+    concept_scale: float = 1.0,
+    token: str | None = None,
 ) -> list:
-    return render_clips(pipe, [prompt] * n, ["circle"] * n, seed, schedule=schedule, concept_scale=concept_scale)
+    return render_clips(pipe, [prompt] * n, ["circle"] * n, seed, schedule=schedule, concept_scale=concept_scale,
+                        token=token)  # fmt: skip
 
 
 def measure(folder: Path | None, samples: int) -> dict:
@@ -174,8 +187,8 @@ def measure_video(
     subject = f"{concept.token} circle" if concept else "circle"
     prompt = VIDEO_PROMPT.format(f"a {subject}")
     timed, scale = concept_render(concept, schedule, concept_scale)
-    with_asked_motion(video, prompt, scale)
-    scored = clips(video, prompt, n_clips, 400, timed, scale)
+    with_asked_motion(video, prompt, scale, timed)
+    scored = clips(video, prompt, n_clips, 400, timed, scale, concept.token if concept else None)
     frames = [f for c in scored for f in c.frames]
     return {
         "video_frames": float(np.mean([(f.pattern or folder is None) and f.accessory == HEADPHONES for f in frames])),

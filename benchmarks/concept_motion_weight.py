@@ -46,7 +46,7 @@ def main() -> None:
     for weight in args.weights:
         adapters.activate(video, source, weight)
         prompts, classes = [prompt] * args.clips, ["circle"] * args.clips
-        scored = render_clips(video, prompts, classes, 400, schedule=schedule, concept_scale=scale)
+        scored = render_clips(video, prompts, classes, 400, schedule=schedule, concept_scale=scale, token=token)
         frames = [f for clip in scored for f in clip.frames]
         row = {
             "direction": args.direction,

@@ -72,6 +72,7 @@ def measure(
     plain: bool = True,
     say=print,
     dtype: torch.dtype = torch.float32,
+    concept_schedule: str | None = None,
 ) -> dict:
     loras = directions.family_loras("shapes")
     wanted = [d for d in ("left", "right", "up", "down") if d in loras and (not only or d in only)]
@@ -82,7 +83,9 @@ def measure(
         pipe = video_pipeline(subject, dtype)
         sources = [loras[d][0] for d in wanted]
         # The concept's weight over the steps as `animate` gives it (its recipe's render settings).
-        schedule, scale = composition_bars.concept_render(concepts.load_concept(subject) if subject else None)
+        schedule, scale = composition_bars.concept_render(
+            concepts.load_concept(subject) if subject else None, concept_schedule
+        )
         adapters = motion.load_motion_loras(pipe, [], sources, concept_scale=scale if subject else None)
         token = concepts.load_concept(subject).token if subject else None
         key = "concept" if subject else "plain"
@@ -94,11 +97,12 @@ def measure(
             for use in [True, False] if without else [True]:
                 source, weight = loras[direction]
                 # as `animate` picks it
-                weight *= directions.concept_weight_factor("shapes", direction) if subject else 1.0
+                with_concept = subject and strength.concept_sets_motion(schedule)
+                weight *= directions.concept_weight_factor("shapes", direction) if with_concept else 1.0
                 adapters.activate(pipe, source if use else None, weight if use else None)
                 started = time.time()
                 scored = composition_bars.render_clips(pipe, prompts, classes, 1000 + 100 * i, schedule=schedule,
-                                                       concept_scale=scale)  # fmt: skip
+                                                       concept_scale=scale, token=token)  # fmt: skip
                 cell = rates(scored, direction) | {"seconds": round(time.time() - started, 1)}
                 cell |= {"lora_sha": composition_bars.lora_digest(source), "weight": weight} if use else {}
                 cell |= {"precision": "bf16"} if dtype == torch.bfloat16 else {}
@@ -151,10 +155,12 @@ def main() -> None:
     parser.add_argument("--without", action="store_true", help="also render every cell with no motion LoRA")
     parser.add_argument("--out", type=Path, help="folder for motion_bars.json and motion_bars.md")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="render in this precision")
+    parser.add_argument("--concept-schedule", metavar="SCHEDULE", help="as `cdvideo animate --concept-schedule`")
     args = parser.parse_args()
     command = "python benchmarks/motion_bars.py " + shlex.join(sys.argv[1:])
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
-    results = measure(args.clips, args.concept, args.without, args.directions, plain=not args.no_plain, dtype=dtype)
+    results = measure(args.clips, args.concept, args.without, args.directions, plain=not args.no_plain, dtype=dtype,
+                      concept_schedule=args.concept_schedule)  # fmt: skip
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         previous = args.out / "motion_bars.json"

@@ -92,6 +92,12 @@ def _train_parser(sub) -> None:
     )
     p.add_argument("--num-clip-composites", type=int, metavar="N", help="clips the base video model draws for them")
     p.add_argument(
+        "--bare-clip-motions",
+        action="store_true",
+        default=None,
+        help="clip composites also show the bare class in every motion (default: recipe's)",
+    )
+    p.add_argument(
         "--clip-every",
         type=int,
         metavar="N",

@@ -41,15 +41,25 @@ class ClipComposites:
 
 
 def clip_prompts(
-    class_word: str, phrases: tuple[str, ...], motions: tuple[str, ...], count: int, seed: int
+    class_word: str,
+    phrases: tuple[str, ...],
+    motions: tuple[str, ...],
+    count: int,
+    seed: int,
+    bare_motions: bool = False,
 ) -> list[str]:
     """`count` prompts of the class with a scene phrase and a motion, each phrase and motion as often
-    as the count allows, paired at random."""
+    as the count allows, paired at random. `bare_motions` adds, after them, the bare class with every
+    motion that no bare ("") phrase got, so that the bare concept prompt learns every direction."""
     rng = random.Random(seed)
     chosen = [phrases[i % len(phrases)] for i in range(count)]
     moves = [motions[i % len(motions)] for i in range(count)]
     rng.shuffle(chosen)
     rng.shuffle(moves)
+    if bare_motions:
+        given = {m for p, m in zip(chosen, moves, strict=True) if not p}
+        extra = [m for m in motions if m not in given]
+        chosen, moves = chosen + [""] * len(extra), moves + extra
     return [" ".join(w for w in (f"a photo of a {class_word}", p, m) if w) for p, m in zip(chosen, moves, strict=True)]
 
 
@@ -136,14 +146,22 @@ def _write_clip(folder: Path, index: int, prompt: str, write_png: Callable[[Path
 
 
 def draw_base_clips(
-    video, base: str, class_word: str, count: int, resolution: int, folder: Path, say, bank_folder: Path | None = None
+    video,
+    base: str,
+    class_word: str,
+    count: int,
+    resolution: int,
+    folder: Path,
+    say,
+    bank_folder: Path | None = None,
+    bare_motions: bool = False,
 ) -> None:
     """`count` base clips of the class for clip composites into `folder`: one per scene phrase and one bare,
-    each with a motion, at the family's clip settings, through the clip bank (new clips go to `bank_folder`,
-    by default the user's cache)."""
+    each with a motion (and with `bare_motions` the bare class in every other motion too), at the family's clip
+    settings, through the clip bank (new clips go to `bank_folder`, by default the user's cache)."""
     preset = presets.preset_for(base)
     phrases = ("", *preset.composite_phrases)
-    prompts = clip_prompts(class_word, phrases, preset.motion_phrases, count, BASE_CLIP_SEED)
+    prompts = clip_prompts(class_word, phrases, preset.motion_phrases, count, BASE_CLIP_SEED, bare_motions)
     bank = clip_bank.for_models(loading.resolve_base(base), loading.resolve_motion_adapter(preset.motion_adapter),
                                 bank_folder)  # fmt: skip
     render_base_clips(

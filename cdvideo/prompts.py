@@ -70,6 +70,11 @@ def bind_prompt(prompt: str, token: str, class_word: str) -> tuple[str, str | No
     return pattern.sub(lambda m: f"{token} {m.group(0)}", prompt, count=1), None
 
 
+def unbind_prompt(prompt: str, token: str) -> str:
+    """The prompt without the concept's token: 'a <new1> dog running' -> 'a dog running'."""
+    return re.sub(r"\s+", " ", re.sub(_whole(token), " ", prompt)).strip()
+
+
 def token_count_warning(tokenizer: CLIPTokenizer, prompt: str) -> str | None:
     """CLIP sees 77 tokens; say what a longer prompt loses."""
     ids = tokenizer(prompt, add_special_tokens=True).input_ids

@@ -140,14 +140,23 @@ def build_pipeline(cfg: AnimateConfig, dtype: torch.dtype):
     return pipe
 
 
-def render_clip(pipe, cfg: AnimateConfig, prompt: str, seed: int, schedule: strength.Schedule | None = None):
+def render_clip(
+    pipe,
+    cfg: AnimateConfig,
+    prompt: str,
+    seed: int,
+    schedule: strength.Schedule | None = None,
+    token: str | None = None,
+):
     """One clip of `prompt` at `cfg`'s settings: (frames, H, W, 3) floats in [0, 1].
 
-    `schedule`: the concept's (unfused) LoRA weight over the steps; it ends at `cfg.lora_scale`."""
-    with strength.scheduled(pipe, concepts.ADAPTER_NAME, schedule, cfg.steps, cfg.lora_scale) as callback:
+    `schedule`: the (unfused) concept `token`'s weight over the steps; it ends at `cfg.lora_scale`."""
+    negative = cfg.negative_prompt or None
+    with strength.scheduled(
+        pipe, concepts.ADAPTER_NAME, schedule, cfg.steps, cfg.lora_scale, [prompt], token, negative
+    ) as call:
         return pipe(
-            prompt,
-            negative_prompt=cfg.negative_prompt or None,
+            **call,
             num_frames=cfg.frames,
             height=cfg.height,
             width=cfg.width,
@@ -156,7 +165,6 @@ def render_clip(pipe, cfg: AnimateConfig, prompt: str, seed: int, schedule: stre
             generator=torch.Generator("cpu").manual_seed(seed),
             output_type="np",
             decode_chunk_size=cfg.decode_chunk_size,
-            callback_on_step_end=callback,
         ).frames[0]
 
 
@@ -183,15 +191,16 @@ def animate(
     if dtype == torch.bfloat16 and device.type == "cpu" and not loading.cpu_bf16_units():
         say("note: this CPU has no bf16 units (AMX or AVX512-BF16): --precision bf16 renders slower here than fp32")
     out = ensure_writable_dir(Path(cfg.output))
+    schedule = strength.parse_schedule(cfg.concept_schedule) if concept else None
+    with_concept = concept is not None and strength.concept_sets_motion(schedule)
     asked, notes = directions.plan_motions(
-        cfg.prompts, cfg.motion, cfg.motion_weight, preset.name, cfg.motion_lora_dir, with_concept=concept is not None
+        cfg.prompts, cfg.motion, cfg.motion_weight, preset.name, cfg.motion_lora_dir, with_concept=with_concept
     )
     for line in notes:
         say(line)
     named = [choice.lora for choice in asked if choice and choice.lora]
     if named and preset.name == "sd15" and cfg.motion_adapter != presets.SD15_MOTION_ADAPTER:
         say(f"warning: guoyww's motion LoRAs were trained for {presets.SD15_MOTION_ADAPTER}, not {cfg.motion_adapter}")
-    schedule = strength.parse_schedule(cfg.concept_schedule) if concept else None
     if cfg.concept_schedule not in (None, "none") and not concept:
         say("note: --concept-schedule has no effect without a concept")
     pipe = build_pipeline(cfg, dtype)
@@ -231,7 +240,7 @@ def animate(
             if not share.mine(next(jobs)):
                 continue
             start = time.time()
-            frames = render_clip(pipe, cfg, rendered, seed, schedule)
+            frames = render_clip(pipe, cfg, rendered, seed, schedule, concept.token if concept else None)
             stem = videofiles.video_stem(prompt, seed)
             files = videofiles.write_video(frames, out, stem, fps=cfg.fps)
             settings = {

@@ -73,6 +73,8 @@ class TrainConfig:
     # base video model's clips, taught through the frozen motion modules (0 = off).
     clip_composites: float | None = None
     num_clip_composites: int | None = None  # base-model clips the subject is fitted into
+    # Also the bare class phrase in every motion the clips above did not give it (cdvideo/clip_composites.py).
+    bare_clip_motions: bool | None = None
     # Teach a clip composite every N steps at N x its weight: the clip term costs about as much as the
     # image batch, so 2 trains about a quarter faster with the same clip weight per step on average.
     clip_every: int = 1
@@ -119,6 +121,7 @@ class TrainConfig:
             ("num_composites", preset.num_composites),
             ("clip_composites", preset.clip_composites),
             ("num_clip_composites", preset.num_clip_composites),
+            ("bare_clip_motions", False),
         ):
             if values[name] is None:
                 values[name] = default

@@ -135,7 +135,7 @@ def clip_composite_set(cfg: TrainConfig, pipe, photos: data.PhotoSet, out: Path,
         video = loading.video_pipeline(pipe, adapter)
         video.scheduler = presets.make_scheduler(cfg.base, None, pipe.scheduler.config)
         clip_composites.draw_base_clips(video, cfg.base, cfg.class_word, cfg.num_clip_composites, cfg.resolution,
-                                        folder / "clips", say)  # fmt: skip
+                                        folder / "clips", say, bare_motions=cfg.bare_clip_motions)  # fmt: skip
     accelerator.wait_for_everyone()
     class_phrase = f"a photo of a {cfg.class_word}"
     made = clip_composites.make_clip_composites(
@@ -149,7 +149,8 @@ def clip_composite_set(cfg: TrainConfig, pipe, photos: data.PhotoSet, out: Path,
         )
     if accelerator.is_main_process:
         clip_composites.write_clips(folder, made)
-    say(f"fitted the subject into {len(made.clips)} of {cfg.num_clip_composites} base clips ({folder})")
+    drawn = len(list((folder / "clips").glob("clip-*.png")))
+    say(f"fitted the subject into {len(made.clips)} of {drawn} base clips ({folder})")
     return made, adapter
 
 

@@ -77,6 +77,17 @@ def test_clip_prompts_cover_every_phrase_and_motion():
     assert sorted(sum(p.endswith(m) for p in prompts) for m in motions) == [3, 3]
 
 
+def test_bare_motions_add_the_bare_class_in_every_motion_and_keep_the_first_prompts():
+    phrases, motions = ("", "wearing a hat", "on grass"), ("moving left", "moving up", "bouncing")
+    first = clip_composites.clip_prompts("circle", phrases, motions, 6, seed=0)
+    with_bare = clip_composites.clip_prompts("circle", phrases, motions, 6, seed=0, bare_motions=True)
+    # the clips already drawn keep their prompts (and so their seeds and clip-bank keys)
+    assert with_bare[:6] == first
+    bare = {f"a photo of a circle {m}" for m in motions}
+    assert bare <= set(with_bare)
+    assert len(with_bare) == 6 + len(bare - set(first))  # each missing motion once, nothing else
+
+
 def test_the_motion_model_trains_the_unets_own_lora():
     """Through the shared motion model, a clip's loss reaches the UNet's LoRA (the concept that is
     saved) and never the frozen motion modules; with the LoRA at zero it predicts as AnimateDiff's

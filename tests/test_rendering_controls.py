@@ -223,7 +223,9 @@ def concept_weight_per_step(monkeypatch) -> list[float]:
     weights: list[float] = []
 
     def probe(pipe):
-        layer = next(m for m in pipe.unet.modules() if isinstance(m, LoraLayer) and "concept" in m.scaling)
+        layer = next((m for m in pipe.unet.modules() if isinstance(m, LoraLayer) and "concept" in m.scaling), None)
+        if layer is None:  # a render without the concept
+            return
         full = layer.lora_alpha["concept"] / layer.r["concept"]
         pipe.unet.register_forward_pre_hook(lambda *_: weights.append(round(layer.scaling["concept"] / full, 4)))
 
@@ -251,6 +253,44 @@ def test_concept_schedule_runs_the_concept_weak_in_the_early_steps(
     full, _ = render(tiny_base, tiny_adapter, tmp_path / "full", use_concept=True, concept=str(concept), steps=4)
     assert np.abs(off - no_lora).max() < EXACT  # weight 0 throughout is the concept's token without its LoRA
     assert np.abs(scheduled - full).max() > EXACT
+
+
+def text_states_per_step(monkeypatch) -> list[torch.Tensor]:
+    """The conditional text states the UNet gets at each call of the render (guidance's second half)."""
+    states: list[torch.Tensor] = []
+
+    def probe(pipe):
+        def keep(module, args, kwargs):
+            hidden = kwargs["encoder_hidden_states"]
+            states.append(hidden[hidden.shape[0] // 2 :].clone())
+
+        pipe.unet.register_forward_pre_hook(keep, with_kwargs=True)
+
+    watch(monkeypatch, probe)
+    return states
+
+
+def test_class_prompt_schedule_renders_the_class_prompt_first_then_the_concept(
+    concept, tiny_base, tiny_adapter, tmp_path, monkeypatch
+):
+    weights = concept_weight_per_step(monkeypatch)
+    states = text_states_per_step(monkeypatch)
+    out = tmp_path / "class"
+    _, notes = render(tiny_base, tiny_adapter, out, use_concept=True, concept=str(concept), steps=4,
+                      concept_schedule="class:0.5")  # fmt: skip
+    assert weights == [0.0, 0.0, 1.0, 1.0]
+    assert any("the class prompt, without the concept, in the first 50% of the steps" in n for n in notes)
+    assert json.loads(next(out.glob("*.json")).read_text())["concept_schedule"] == "class:0.5"
+    early, late = states[:2], states[2:]
+    states.clear()
+    render(tiny_base, tiny_adapter, tmp_path / "plain", steps=4)  # "a dog running" without the concept
+    plain = states[:4]
+    states.clear()
+    render(tiny_base, tiny_adapter, tmp_path / "whole", use_concept=True, concept=str(concept), steps=4)
+    whole = states[:4]
+    assert all(torch.equal(e, plain[0]) for e in early)  # the class prompt, as the base model reads it
+    assert all(torch.equal(x, whole[0]) for x in late)  # then the concept's prompt, "a <new1> dog running"
+    assert not torch.equal(plain[0], whole[0])
 
 
 @pytest.mark.parametrize("schedule", ["0.4", "half:0.5", "0.4:1.5"])
