@@ -182,7 +182,8 @@ def _animate_parser(sub) -> None:
         "--concept-schedule",
         metavar="SCALE:SHARE",
         help="the concept's LoRA at weight SCALE for the first SHARE of the steps, then at --lora-scale "
-        "(e.g. 0.4:0.5: layout and motion come from the base model, appearance from the concept); "
+        "(e.g. 0.4:0.5: layout and motion come from the base model, appearance from the concept); class:SHARE "
+        "renders the prompt without the concept's token (LoRA off) for the first SHARE, then with it; "
         "default: what its recipe recommends; none: one weight throughout",
     )
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help=PRECISION_HELP)

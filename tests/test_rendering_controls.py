@@ -293,7 +293,7 @@ def test_class_prompt_schedule_renders_the_class_prompt_first_then_the_concept(
     assert not torch.equal(plain[0], whole[0])
 
 
-@pytest.mark.parametrize("schedule", ["0.4", "half:0.5", "0.4:1.5"])
+@pytest.mark.parametrize("schedule", ["0.4", "half:0.5", "0.4:1.5", "class", "class:1.5"])
 def test_bad_concept_schedule_is_one_clear_line(schedule, tiny_base, tiny_adapter, tmp_path, capsys):
     code = cli_main(cli_animate_args(tiny_base, tiny_adapter, tmp_path, "--concept-schedule", schedule))
     err = capsys.readouterr().err
