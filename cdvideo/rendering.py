@@ -153,7 +153,7 @@ def render_clip(
     `schedule`: the (unfused) concept `token`'s weight over the steps; it ends at `cfg.lora_scale`."""
     negative = cfg.negative_prompt or None
     with strength.scheduled(
-        pipe, concepts.ADAPTER_NAME, schedule, cfg.steps, cfg.lora_scale, [prompt], token, negative
+        pipe, concepts.ADAPTER_NAME, schedule, cfg.steps, cfg.lora_scale, prompt, token, negative
     ) as call:
         return pipe(
             **call,

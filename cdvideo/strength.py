@@ -86,7 +86,7 @@ def scheduled(
     schedule: Schedule | None,
     steps: int,
     full_scale: float,
-    prompts: list[str],
+    prompts: str | list[str],
     token: str | None = None,
     negative_prompt: str | None = None,
 ) -> Iterator[dict]:
@@ -94,7 +94,10 @@ def scheduled(
     `schedule`: within the block the adapter starts at its early weight, and the call's `callback_on_step_end`
     raises it to `full_scale` once the early steps are done (it is left at `full_scale` after). A class-prompt
     schedule also starts the prompts without `token` and swaps the concept's prompts in at that step."""
-    call = {"prompt": prompts, "negative_prompt": [negative_prompt] * len(prompts) if negative_prompt else None}
+    if isinstance(prompts, str):  # as given: FreeNoise's context windows take one prompt string
+        call = {"prompt": prompts, "negative_prompt": negative_prompt}
+    else:
+        call = {"prompt": prompts, "negative_prompt": [negative_prompt] * len(prompts) if negative_prompt else None}
     if schedule is None:
         yield call
         return
@@ -102,7 +105,13 @@ def scheduled(
     set_adapter_scale(pipe.unet, adapter, schedule.early_scale if early else full_scale)
     swap: list[tuple] = []
     if schedule.class_prompt and early and token:
-        call, swap = _class_prompt_call(pipe, prompts, token, negative_prompt)
+        if getattr(pipe, "free_noise_enabled", False):
+            raise UserError(
+                "--concept-schedule class:SHARE cannot run with context windows (diffusers' FreeNoise takes no "
+                "prompt embeddings); render at most the motion adapter's frames, or use SCALE:SHARE"
+            )
+        listed = [prompts] if isinstance(prompts, str) else prompts
+        call, swap = _class_prompt_call(pipe, listed, token, negative_prompt)
 
     def after_step(pipeline, index: int, timestep, callback_kwargs: dict) -> dict:
         if index + 1 == early:

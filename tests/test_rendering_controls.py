@@ -293,6 +293,12 @@ def test_class_prompt_schedule_renders_the_class_prompt_first_then_the_concept(
     assert not torch.equal(plain[0], whole[0])
 
 
+def test_class_prompt_schedule_with_context_windows_is_one_clear_error(concept, tiny_base, tiny_adapter, tmp_path):
+    with pytest.raises(cdvideo.UserError, match="cannot run with context windows"):
+        render(tiny_base, tiny_adapter, tmp_path, use_concept=True, concept=str(concept), frames=24, steps=2,
+               concept_schedule="class:0.5")  # fmt: skip
+
+
 @pytest.mark.parametrize("schedule", ["0.4", "half:0.5", "0.4:1.5", "class", "class:1.5"])
 def test_bad_concept_schedule_is_one_clear_line(schedule, tiny_base, tiny_adapter, tmp_path, capsys):
     code = cli_main(cli_animate_args(tiny_base, tiny_adapter, tmp_path, "--concept-schedule", schedule))
