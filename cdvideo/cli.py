@@ -95,7 +95,7 @@ def _train_parser(sub) -> None:
         "--bare-clip-motions",
         action="store_true",
         default=None,
-        help="clip composites also show the bare class in every motion (default: recipe's)",
+        help="clip composites also show the bare class in every motion (default: off)",
     )
     p.add_argument(
         "--clip-every",
