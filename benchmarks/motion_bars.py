@@ -20,6 +20,7 @@ import json
 import shlex
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import composition_bars
@@ -61,6 +62,8 @@ def rates(scores: list, direction: str) -> dict:
         "class_kept": float(np.mean([s.class_kept for s in scores])),
         "moving": float(np.mean([s.motion != "" for s in scores])),
         "clips": len(scores),
+        # What the other clips read as ("still" when the scorer saw no motion).
+        "misses": dict(Counter(s.motion or "still" for s in scores if s.motion != f"moving {direction}")),
     }
 
 
@@ -73,6 +76,8 @@ def measure(
     say=print,
     dtype: torch.dtype = torch.float32,
     concept_schedule: str | None = None,
+    weight_factor: float = 1.0,
+    seed_shift: int = 0,
 ) -> dict:
     loras = directions.family_loras("shapes")
     wanted = [d for d in ("left", "right", "up", "down") if d in loras and (not only or d in only)]
@@ -93,19 +98,22 @@ def measure(
             if subject:
                 prompts, classes = [f"a {token} circle moving {direction}"] * n, ["circle"] * n
             else:
-                prompts, classes = plain_prompts(direction, n, 10 + i)
+                prompts, classes = plain_prompts(direction, n, seed_shift + 10 + i)
             for use in [True, False] if without else [True]:
                 source, weight = loras[direction]
                 # as `animate` picks it
                 with_concept = subject and strength.concept_sets_motion(schedule)
                 weight *= directions.concept_weight_factor("shapes", direction) if with_concept else 1.0
+                weight *= weight_factor
                 adapters.activate(pipe, source if use else None, weight if use else None)
                 started = time.time()
-                scored = composition_bars.render_clips(pipe, prompts, classes, 1000 + 100 * i, schedule=schedule,
+                first_seed = seed_shift + 1000 + 100 * i
+                scored = composition_bars.render_clips(pipe, prompts, classes, first_seed, schedule=schedule,
                                                        concept_scale=scale, token=token)  # fmt: skip
                 cell = rates(scored, direction) | {"seconds": round(time.time() - started, 1)}
                 cell |= {"lora_sha": composition_bars.lora_digest(source), "weight": weight} if use else {}
                 cell |= {"precision": "bf16"} if dtype == torch.bfloat16 else {}
+                cell |= {"seed_shift": seed_shift} if seed_shift else {}
                 if subject and (schedule or scale != 1.0):
                     cell |= {"concept_render": strength.describe(schedule, scale)}
                 results.setdefault(key, {}).setdefault(direction, {})["lora" if use else "no lora"] = cell
@@ -131,8 +139,9 @@ def report(results: dict, commands: list[str]) -> str:
     lines = ["# Motion bars (issue 14)", "",
              "Commands (each measures the directions it names; a cell stays until that LoRA changes):", "",
              *[f"    {c}" for c in commands], "",
-             "| prompts | direction | motion LoRA | clips | moves as asked (0.85) | class kept (0.90) | moving |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+             "| prompts | direction | motion LoRA | clips | moves as asked (0.85) | class kept (0.90) | moving | "
+             "the other clips read |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for key, per_direction in results.items():
         for direction, cells in per_direction.items():
             for use, cell in cells.items():
@@ -140,9 +149,9 @@ def report(results: dict, commands: list[str]) -> str:
                 kept = f"{cell['class_kept']:.2f}" + (
                     " met" if use == "lora" and cell["class_kept"] >= BARS["class_kept"] else ""
                 )
-                lines.append(
-                    f"| {key} | {direction} | {use} | {cell['clips']} | {asked} | {kept} | {cell['moving']:.2f} |"
-                )
+                misses = ", ".join(f"{motion} {n}" for motion, n in sorted(cell.get("misses", {}).items()))
+                lines.append(f"| {key} | {direction} | {use} | {cell['clips']} | {asked} | {kept} | "
+                             f"{cell['moving']:.2f} | {misses} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -156,11 +165,26 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="folder for motion_bars.json and motion_bars.md")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="render in this precision")
     parser.add_argument("--concept-schedule", metavar="SCHEDULE", help="as `cdvideo animate --concept-schedule`")
+    parser.add_argument(
+        "--weight-factor",
+        type=float,
+        default=1.0,
+        help="multiply each motion LoRA's weight by this (a probe: the shipped weight is 1)",
+    )
+    parser.add_argument(
+        "--seed-shift",
+        type=int,
+        default=0,
+        help="draw other prompts and seeds (a probe picks a weight on clips the bars do not use)",
+    )
     args = parser.parse_args()
+    if args.out and (args.weight_factor != 1.0 or args.seed_shift):
+        parser.error("--weight-factor and --seed-shift are probes: they print, and do not write the bars (no --out)")
     command = "python benchmarks/motion_bars.py " + shlex.join(sys.argv[1:])
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     results = measure(args.clips, args.concept, args.without, args.directions, plain=not args.no_plain, dtype=dtype,
-                      concept_schedule=args.concept_schedule)  # fmt: skip
+                      concept_schedule=args.concept_schedule, weight_factor=args.weight_factor,
+                      seed_shift=args.seed_shift)  # fmt: skip
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         previous = args.out / "motion_bars.json"

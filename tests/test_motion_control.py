@@ -381,3 +381,20 @@ def test_motion_bars_keep_a_cell_only_while_its_lora_is_the_shipped_one() -> Non
     merged = motion_bars.merged(old, new)["plain"]
     assert sorted(merged) == ["right", "up"]
     assert merged["up"]["lora"]["asked"] == 0.9
+
+
+def test_motion_bars_report_what_the_clips_that_missed_read_as() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import motion_bars
+
+    from cdvideo.shapes.scorer import ClipScore
+
+    def clip(motion: str, class_kept: float) -> ClipScore:
+        return ClipScore([], "circle", "red", "", "", False, motion, class_kept)
+
+    scores = [clip("moving left", 1.0), clip("moving left", 1.0), clip("", 1.0), clip("moving up", 0.5)]
+    cell = motion_bars.rates(scores, "left")
+    assert (cell["asked"], cell["moving"], cell["class_kept"]) == (0.5, 0.75, 0.875)
+    assert cell["misses"] == {"still": 1, "moving up": 1}
+    row = motion_bars.report({"plain": {"left": {"lora": cell}}}, ["cmd"]).splitlines()[-1]
+    assert row == "| plain | left | lora | 4 | 0.50 | 0.88 | 0.75 | moving up 1, still 1 |"
