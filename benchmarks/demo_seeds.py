@@ -73,6 +73,12 @@ def verdict(card: dict) -> tuple[bool, bool]:
     return pattern >= 0.75 and card["accessory"][0] == "wearing headphones", card["motion correct"][0] == "True"
 
 
+def clock(seconds: float) -> str:
+    """m:ss, rounded to the second (539.7 s is 9:00, not 8:60)."""
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes}:{rest:02d}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
@@ -104,7 +110,7 @@ def main() -> None:
             write_text_atomic(kept, json.dumps([wall, card]))
         subject_ok, motion_ok = verdict(card)
         composed, moved = composed + subject_ok, moved + motion_ok
-        lines.append(f"| {seed} | {wall // 60:.0f}:{wall % 60:02.0f} | {card['subject pattern (frames)'][0]} "
+        lines.append(f"| {seed} | {clock(wall)} | {card['subject pattern (frames)'][0]} "
                      f"| {card['accessory'][0]} | {card['motion'][0]} | {subject_ok} | {motion_ok} |")  # fmt: skip
         print(lines[-1], flush=True)
     command = f"python benchmarks/demo_seeds.py {shlex.join(sys.argv[1:])}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -57,3 +58,10 @@ def test_the_demo_draws_the_subject_with_its_headphones(tmp_path):
     assert card["accessory"][:2] == ["wearing", "headphones"]
     assert card["motion correct"][0] == "True"
     assert "LoRA weight 1.25 (0.8 in the first 50% of the steps)" in result.stdout
+
+
+def test_demo_seeds_table_reads_walls_as_minutes_and_seconds() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import demo_seeds
+
+    assert [demo_seeds.clock(s) for s in (539.65, 543.25, 59.4, 3600.0)] == ["9:00", "9:03", "0:59", "60:00"]
