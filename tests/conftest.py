@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -18,6 +19,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # base clips rendered by tests go to a scratch cache, not the user's (cdvideo/clip_bank.py)
 os.environ["CDVIDEO_CACHE"] = tempfile.mkdtemp(prefix="cdvideo-test-cache-")
+# the benchmarks are scripts, not a package: tests import them by name (`import motion_bars`)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 WORDS = ["dog", "cat", "wearing", "headphones", "running", "photo", "of", "a", "on", "the", "beach"]
 

@@ -50,7 +50,6 @@ def test_report_only_averages_seeds_and_compares_at_equal_identity(tmp_path):
 
 
 def test_spl_table_gives_intervals_and_judges_differences_against_the_seed_spread(tmp_path):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import spl_table
 
     low, high = spl_table.wilson(16, 32)
@@ -70,7 +69,6 @@ def test_spl_table_gives_intervals_and_judges_differences_against_the_seed_sprea
 
 
 def test_spl_table_pairs_weights_by_training_seed(tmp_path):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import spl_table
 
     rates = dict.fromkeys(spl_table.ROWS, 0.5)

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def test_attention_benchmark_times_each_attention_of_the_shipped_unet(tmp_path, monkeypatch, capsys):
-    sys.path.insert(0, str(BENCHMARKS))
     import bench_attention
 
     out = tmp_path / "attention.json"

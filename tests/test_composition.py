@@ -323,7 +323,6 @@ def test_an_unknown_prior_target_is_one_clear_line(tiny_base, dog_photos, tmp_pa
 
 
 def test_composition_bars_train_with_named_fields_and_refuse_unknown_ones() -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import composition_bars
 
     assert composition_bars.parse_overrides(["prior_target=base", 'lora_targets=["attn2.to_k"]', "steps=300"]) == {
@@ -338,7 +337,6 @@ def test_composition_bars_train_with_named_fields_and_refuse_unknown_ones() -> N
 def test_composition_bars_never_train_on_a_half_written_photo_folder(tmp_path, monkeypatch) -> None:
     """Runs side by side (--no-report) share the work folder's photos: one that finds the folder must
     find all five photos in it, and one that loses the race to write them leaves nothing behind."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import composition_bars
 
     seen_while_writing = []
@@ -367,7 +365,6 @@ def test_composition_bars_never_train_on_a_half_written_photo_folder(tmp_path, m
 def test_composition_bars_keep_the_concept_on_beside_the_asked_motion_lora(tmp_path) -> None:
     """A fused concept is unmerged and left off when a motion LoRA is activated (peft's set_adapter),
     so the bars' clips must hold the concept as `cdvideo animate` does: a live adapter, on."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import composition_bars
 
     write_subject_photos(tmp_path / "photos", count=2)
@@ -391,7 +388,6 @@ def test_composition_bars_keep_the_concept_on_beside_the_asked_motion_lora(tmp_p
 
 
 def test_plain_leak_splits_the_plain_prompts_and_the_base_model_wears_no_stripes(tmp_path, monkeypatch, capsys):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import plain_leak
 
     table = plain_leak.breakdown(None, samples=2)
@@ -406,7 +402,6 @@ def test_plain_leak_splits_the_plain_prompts_and_the_base_model_wears_no_stripes
 
 
 def test_plain_leak_splits_the_concepts_own_prompts_by_part(cutouts, tmp_path, monkeypatch, capsys):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import plain_leak
 
     out = tmp_path / "concept"
@@ -437,10 +432,8 @@ def test_plain_leak_splits_the_concepts_own_prompts_by_part(cutouts, tmp_path, m
 def test_plain_leak_asks_a_concept_without_its_token_on_request(cutouts, tmp_path, monkeypatch):
     """`--without-token`: the concept's phrases with the class word alone, the concept loaded. A concept
     whose LoRA does nothing then draws exactly what the base model draws, though its token means "square"."""
-    from safetensors.torch import load_file, save_file
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import plain_leak
+    from safetensors.torch import load_file, save_file
 
     out = tmp_path / "concept"
     args = ["train", str(cutouts), "--class-word", "circle", "--base", "shapes", "--output", str(out),
@@ -473,7 +466,6 @@ def test_plain_leak_asks_a_concept_without_its_token_on_request(cutouts, tmp_pat
 def test_composition_bars_key_clips_on_the_weights_a_trained_concept_renders_at(tmp_path) -> None:
     """A concept trained before recipes named render weights renders at 1: its clips must not be filed
     under the recipe's 1.25, or old and new clips would be mixed in one cached result."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import composition_bars
 
     planned = {"render_scale": 1.25, "render_schedule": "0.8:0.5"}

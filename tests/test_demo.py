@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -61,7 +60,6 @@ def test_the_demo_draws_the_subject_with_its_headphones(tmp_path):
 
 
 def test_demo_seeds_table_reads_walls_as_minutes_and_seconds() -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import demo_seeds
 
     assert [demo_seeds.clock(s) for s in (539.65, 543.25, 59.4, 3600.0)] == ["9:00", "9:03", "0:59", "60:00"]

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
+import dreambench_protocol as protocol
 import pytest
 from test_evaluation import build_tiny_backbones
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import dreambench_protocol as protocol  # noqa: E402
 
 LISTING = """Classes
 

@@ -8,7 +8,6 @@ import importlib.util
 import json
 import logging
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -371,7 +370,6 @@ def test_motion_lora_script_continues_a_finished_lora(tmp_path):
 
 
 def test_motion_bars_keep_a_cell_only_while_its_lora_is_the_shipped_one() -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import motion_bars
 
     shipped = motion_bars.composition_bars.lora_digest(directions.family_loras("shapes")["up"][0])
@@ -384,7 +382,6 @@ def test_motion_bars_keep_a_cell_only_while_its_lora_is_the_shipped_one() -> Non
 
 
 def test_motion_bars_report_what_the_clips_that_missed_read_as() -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import motion_bars
 
     from cdvideo.shapes.scorer import ClipScore
