@@ -16,6 +16,7 @@ the LoRA the words ask for, at its recorded weight), and scores them with the wo
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shlex
 import sys
@@ -112,6 +113,7 @@ def measure(
                                                        concept_scale=scale, token=token)  # fmt: skip
                 cell = rates(scored, direction) | {"seconds": round(time.time() - started, 1)}
                 cell |= {"lora_sha": composition_bars.lora_digest(source), "weight": weight} if use else {}
+                cell |= {"concept_sha": concept_digest(subject)} if subject else {}
                 cell |= {"precision": "bf16"} if dtype == torch.bfloat16 else {}
                 cell |= {"seed_shift": seed_shift} if seed_shift else {}
                 if subject and (schedule or scale != 1.0):
@@ -123,14 +125,26 @@ def measure(
     return results
 
 
-def merged(old: dict, new: dict) -> dict:
-    """`new` over `old`: an old cell stays only while its direction's shipped LoRA is the one it measured."""
+def concept_digest(concept: Path) -> str:
+    """A concept's identity: the first 16 hex digits of the sha256 of its token row and LoRA weights."""
+    digest = hashlib.sha256()
+    for name in ("learned_embeds.safetensors", "pytorch_lora_weights.safetensors"):
+        if (concept / name).exists():
+            digest.update((concept / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def merged(old: dict, new: dict, concept: str | None = None) -> dict:
+    """`new` over `old`: an old cell stays only while its direction's shipped LoRA is the one it measured,
+    and, for a with-concept cell, while `concept` (this run's concept digest) is the concept it measured."""
     loras = directions.family_loras("shapes")
     out = {key: dict(per) for key, per in new.items()}
     for key, per_direction in old.items():
         for direction, cells in per_direction.items():
             current = composition_bars.lora_digest(loras[direction][0]) if direction in loras else None
-            if direction not in out.get(key, {}) and cells.get("lora", {}).get("lora_sha") == current:
+            same_lora = cells.get("lora", {}).get("lora_sha") == current
+            same_concept = key != "concept" or (concept is not None and cells["lora"].get("concept_sha") == concept)
+            if direction not in out.get(key, {}) and same_lora and same_concept:
                 out.setdefault(key, {})[direction] = cells
     return {key: dict(sorted(per.items())) for key, per in out.items()}
 
@@ -189,7 +203,7 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         previous = args.out / "motion_bars.json"
         old = json.loads(previous.read_text()) if previous.exists() else {}
-        results = merged(old.get("results", {}), results)
+        results = merged(old.get("results", {}), results, concept_digest(args.concept) if args.concept else None)
         commands = list(dict.fromkeys([*old.get("commands", []), command]))
         write_json_atomic(previous, {"commands": commands, "results": results})
         write_text_atomic(args.out / "motion_bars.md", report(results, commands))

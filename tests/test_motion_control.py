@@ -381,6 +381,25 @@ def test_motion_bars_keep_a_cell_only_while_its_lora_is_the_shipped_one() -> Non
     assert merged["up"]["lora"]["asked"] == 0.9
 
 
+def test_motion_bars_keep_a_concept_cell_only_for_the_concept_it_measured(tmp_path) -> None:
+    """A with-concept cell stays only when the run measures that same concept (its weights' digest)."""
+    import motion_bars
+
+    concept = tmp_path / "concept"
+    concept.mkdir()
+    (concept / "learned_embeds.safetensors").write_bytes(b"token row")
+    (concept / "pytorch_lora_weights.safetensors").write_bytes(b"lora")
+    digest = motion_bars.concept_digest(concept)
+    shipped = motion_bars.composition_bars.lora_digest(directions.family_loras("shapes")["up"][0])
+    old = {"concept": {"up": {"lora": {"asked": 0.5, "lora_sha": shipped, "concept_sha": digest}}}}
+    new = {"plain": {"right": {"lora": {"asked": 0.8}}}}
+    assert motion_bars.merged(old, new, digest)["concept"]["up"]["lora"]["asked"] == 0.5
+    assert "concept" not in motion_bars.merged(old, new, None)  # a plain run drops the old concept's row
+    (concept / "pytorch_lora_weights.safetensors").write_bytes(b"another lora")
+    assert motion_bars.concept_digest(concept) != digest
+    assert "concept" not in motion_bars.merged(old, new, motion_bars.concept_digest(concept))
+
+
 def test_motion_bars_report_what_the_clips_that_missed_read_as() -> None:
     import motion_bars
 
