@@ -151,7 +151,7 @@ def merged(old: dict, new: dict, concept: str | None = None) -> dict:
 
 def report(results: dict, commands: list[str]) -> str:
     lines = ["# Motion bars (issue 14)", "",
-             "Commands (each measures the directions it names; a cell stays until that LoRA changes):", "",
+             "Commands (each measures the directions it names; a cell stays until its LoRA or concept changes):", "",
              *[f"    {c}" for c in commands], "",
              "| prompts | direction | motion LoRA | clips | moves as asked (0.85) | class kept (0.90) | moving | "
              "the other clips read |",

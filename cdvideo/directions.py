@@ -54,7 +54,8 @@ SD15_DEFAULT_WEIGHT = 1.0  # the weight they were trained at
 # wearing headphones moving right" clips right, at 1.5x 0.94 (plain prompts: 0.84 at 1x); each direction's
 # factor was picked the same way (docs/motion/concept-weight.md). So with a concept the default weight is
 # the recorded one times its factor; SD1.5's are unmeasured and stay 1x.
-CONCEPT_WEIGHT_FACTORS = {"shapes": {"right": 1.5, "left": 1.5, "up": 1.5, "down": 1.5}, "sd15": {}}
+# Measured per direction on the demo's concept (docs/motion/concept-weight.md); up stood still at 1.5x.
+CONCEPT_WEIGHT_FACTORS = {"shapes": {"right": 1.5, "left": 1.5, "up": 2.0, "down": 1.5}, "sd15": {}}
 SHAPES_LORA_FILE = "pytorch_lora_weights.safetensors"
 SHAPES_RECORD = "TRAINING.json"
 

@@ -229,7 +229,7 @@ def test_a_shipped_shapes_motion_lora_loads_in_stock_diffusers_and_is_applied_by
 
 def test_with_a_shapes_concept_the_direction_lora_runs_stronger_and_says_so(tmp_path):
     """A concept damps its direction LoRA (docs/motion/concept-weight.md): with one loaded, the prompt's
-    motion LoRA gets 1.5x its recorded weight, printed and recorded; --motion-weight still sets it."""
+    motion LoRA gets 1.5x its recorded weight (up: 2x), printed and recorded; --motion-weight still sets it."""
     from cdvideo.demo import write_subject_photos
 
     photos = write_subject_photos(tmp_path / "photos", count=2)
@@ -238,11 +238,14 @@ def test_with_a_shapes_concept_the_direction_lora_runs_stronger_and_says_so(tmp_
                             prior_weight=0.0, output=str(tmp_path / "concept")),
         say=lambda s: None, progress=False,
     )  # fmt: skip
-    recorded = json.loads((directions.shipped_shapes_loras()["right"] / directions.SHAPES_RECORD).read_text())["weight"]
+    loras = directions.shipped_shapes_loras()
+    recorded, recorded_up = (
+        json.loads((loras[d] / directions.SHAPES_RECORD).read_text())["weight"] for d in ("right", "up")
+    )
 
-    def render(name: str, lines: list | None = None, **config) -> dict:
+    def render(name: str, lines: list | None = None, prompt: str = "a circle moving right", **config) -> dict:
         (video,) = cdvideo.animate(
-            cdvideo.AnimateConfig(prompts=["a circle moving right"], base="shapes", frames=2, steps=2,
+            cdvideo.AnimateConfig(prompts=[prompt], base="shapes", frames=2, steps=2,
                                   output=str(tmp_path / name), **config),
             say=(lines if lines is not None else []).append, progress=False,
         )  # fmt: skip
@@ -254,6 +257,7 @@ def test_with_a_shapes_concept_the_direction_lora_runs_stronger_and_says_so(tmp_
         f"prompt: a <new1> circle moving right | motion right (camera pan-left; from the prompt): "
         f"{directions.shipped_shapes_loras()['right']} at weight {1.5 * recorded}"
     ]
+    assert render("up", prompt="a circle moving up", concept=str(concept))["weight"] == 2.0 * recorded_up
     assert render("flag", concept=str(concept), motion_weight=0.8)["weight"] == 0.8
     assert render("plain", use_concept=False)["weight"] == recorded
     (sd15,), _ = directions.plan_motions(["a dog moving left"], None, None, "sd15", with_concept=True)
