@@ -142,8 +142,9 @@ def merged(old: dict, new: dict, concept: str | None = None) -> dict:
     for key, per_direction in old.items():
         for direction, cells in per_direction.items():
             current = composition_bars.lora_digest(loras[direction][0]) if direction in loras else None
-            same_lora = cells.get("lora", {}).get("lora_sha") == current
-            same_concept = key != "concept" or (concept is not None and cells["lora"].get("concept_sha") == concept)
+            measured = cells.get("lora", {})
+            same_lora = measured.get("lora_sha") == current
+            same_concept = key != "concept" or (concept is not None and measured.get("concept_sha") == concept)
             if direction not in out.get(key, {}) and same_lora and same_concept:
                 out.setdefault(key, {})[direction] = cells
     return {key: dict(sorted(per.items())) for key, per in out.items()}

@@ -52,9 +52,8 @@ SD15_DEFAULT_WEIGHT = 1.0  # the weight they were trained at
 # A concept's LoRA damps the motion a direction LoRA asks for, and not every direction alike. With the
 # demo's recipe concept the Shapes right LoRA at its recorded weight moved 0.69 of 16 "a <tok> circle
 # wearing headphones moving right" clips right, at 1.5x 0.94 (plain prompts: 0.84 at 1x); each direction's
-# factor was picked the same way (docs/motion/concept-weight.md). So with a concept the default weight is
-# the recorded one times its factor; SD1.5's are unmeasured and stay 1x.
-# Measured per direction on the demo's concept (docs/motion/concept-weight.md); up stood still at 1.5x.
+# factor is measured on the demo's concept (docs/motion/concept-weight.md; up stood still at 1.5x, so 2x). With a
+# concept the default weight is the recorded one times its factor; SD1.5's are unmeasured and stay 1x.
 CONCEPT_WEIGHT_FACTORS = {"shapes": {"right": 1.5, "left": 1.5, "up": 2.0, "down": 1.5}, "sd15": {}}
 SHAPES_LORA_FILE = "pytorch_lora_weights.safetensors"
 SHAPES_RECORD = "TRAINING.json"
